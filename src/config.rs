@@ -1,0 +1,637 @@
+//! Operator-facing configuration (`../shared/schema/config.md`).
+//!
+//! Sources, later ones winning key by key: the built-in `config/default.toml`, the file
+//! given with `--config`, then `PIPEWATCH__<SECTION>__<KEY>` environment variables.
+//! Everything is validated once, at start: an invalid value names its key, the value and
+//! what was expected, and the binary exits with code 2 instead of running half-configured.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults; every key is documented there.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// What replaces a secret wherever the configuration is shown.
+pub const REDACTED: &str = "<redacted>";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub window: WindowSettings,
+    pub input: InputSettings,
+    pub stages: StageSettings,
+    pub detection: DetectionSettings,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, Tuning>,
+    #[serde(default)]
+    pub overrides: Vec<Tuning>,
+    pub silence: SilenceSettings,
+    pub alerts: AlertSettings,
+    pub http: HttpSettings,
+    pub email: EmailSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub alert_topic: String,
+    pub dead_letter_topic: String,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSettings {
+    #[serde(with = "humantime_serde")]
+    pub bucket: Duration,
+    pub buckets: u32,
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    pub max_event_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    pub dedup_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSettings {
+    pub max_tracked: usize,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_quality_metrics: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    Ewma,
+    Zscore,
+}
+
+impl DetectorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DetectorKind::Ewma => "ewma",
+            DetectorKind::Zscore => "zscore",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Combine {
+    All,
+    Any,
+}
+
+/// Which side of the band counts as anomalous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Both,
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionSettings {
+    pub detectors: Vec<DetectorKind>,
+    pub combine: Combine,
+    pub sensitivity: f64,
+    pub critical_score: f64,
+    pub training_buckets: u32,
+    pub ewma_alpha: f64,
+    pub zscore_window: u32,
+    pub min_relative_change: f64,
+    pub min_absolute_change: f64,
+}
+
+/// A partial set of detection settings: one `[metrics.<glob>]` table or one
+/// `[[overrides]]` entry. Unset fields inherit from the layer below.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuning {
+    /// Only in `[[overrides]]`: glob over "pipeline/stage" (default "*").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<String>,
+    /// Only in `[[overrides]]`: glob over metric names (default "*").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detectors: Option<Vec<DetectorKind>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub combine: Option<Combine>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub critical_score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training_buckets: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ewma_alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zscore_window: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_relative_change: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_absolute_change: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceSettings {
+    pub enabled: bool,
+    pub sensitivity: f64,
+    #[serde(with = "humantime_serde")]
+    pub min_silence: Duration,
+    pub training_gaps: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    #[serde(rename = "for")]
+    pub for_buckets: u32,
+    pub resolve_after: u32,
+    #[serde(with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    pub max_correlation_ids: usize,
+    pub dashboard_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailSettings {
+    pub enabled: bool,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub tls: EmailTls,
+    pub username: String,
+    pub password: String,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// Why the configuration was refused. Its `Display` is what the operator reads.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// A source could not be read or a value had the wrong type (the config crate's
+    /// message names the key).
+    Load(String),
+    /// A value of the right type that is out of range or malformed.
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Load(msg) => write!(f, "invalid configuration: {msg}"),
+            ConfigError::Invalid {
+                key,
+                value,
+                expected,
+            } => write!(
+                f,
+                "invalid configuration: `{key}` = {value}: expected {expected}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: impl Into<String>, value: impl fmt::Debug, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        value: format!("{value:?}"),
+        expected: expected.to_string(),
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests need not mutate the
+    /// process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("PIPEWATCH__"))
+            .collect();
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("PIPEWATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("kafka.topics")
+                .with_list_parse_key("email.to")
+                .with_list_parse_key("detection.detectors")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Built-in defaults only; what tests and benchmarks start from.
+    pub fn defaults() -> Settings {
+        Self::load_with_env(None, std::iter::empty()).expect("built-in defaults are valid")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.window;
+        if w.bucket < Duration::from_millis(100) || w.bucket > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "window.bucket",
+                humantime::format_duration(w.bucket).to_string(),
+                "a duration from 100ms to 1d",
+            ));
+        }
+        if !(2..=10_000).contains(&w.buckets) {
+            return Err(invalid(
+                "window.buckets",
+                w.buckets,
+                "an integer from 2 to 10000",
+            ));
+        }
+        if w.allowed_lateness > w.bucket * w.buckets {
+            return Err(invalid(
+                "window.allowed_lateness",
+                humantime::format_duration(w.allowed_lateness).to_string(),
+                "a duration no longer than window.bucket x window.buckets",
+            ));
+        }
+        if !(256..=16 << 20).contains(&self.input.max_event_bytes) {
+            return Err(invalid(
+                "input.max_event_bytes",
+                self.input.max_event_bytes,
+                "a size from 256 to 16777216 bytes",
+            ));
+        }
+        if self.stages.max_tracked == 0 {
+            return Err(invalid("stages.max_tracked", 0, "at least 1"));
+        }
+        if self.stages.max_quality_metrics > 256 {
+            return Err(invalid(
+                "stages.max_quality_metrics",
+                self.stages.max_quality_metrics,
+                "at most 256",
+            ));
+        }
+        let d = &self.detection;
+        let base = Tuning {
+            detectors: Some(d.detectors.clone()),
+            combine: Some(d.combine),
+            sensitivity: Some(d.sensitivity),
+            critical_score: Some(d.critical_score),
+            training_buckets: Some(d.training_buckets),
+            ewma_alpha: Some(d.ewma_alpha),
+            zscore_window: Some(d.zscore_window),
+            min_relative_change: Some(d.min_relative_change),
+            min_absolute_change: Some(d.min_absolute_change),
+            ..Tuning::default()
+        };
+        base.validate("detection", w.buckets)?;
+        for (glob, tuning) in &self.metrics {
+            let key = format!("metrics.\"{glob}\"");
+            compile_glob(&key, glob)?;
+            if tuning.stages.is_some() || tuning.metrics.is_some() {
+                return Err(invalid(
+                    format!("{key}.stages"),
+                    "…",
+                    "no `stages`/`metrics` selector inside [metrics.*] (use [[overrides]])",
+                ));
+            }
+            tuning.validate(&key, w.buckets)?;
+        }
+        for (i, tuning) in self.overrides.iter().enumerate() {
+            let key = format!("overrides[{i}]");
+            compile_glob(
+                &format!("{key}.stages"),
+                tuning.stages.as_deref().unwrap_or("*"),
+            )?;
+            compile_glob(
+                &format!("{key}.metrics"),
+                tuning.metrics.as_deref().unwrap_or("*"),
+            )?;
+            tuning.validate(&key, w.buckets)?;
+        }
+        let s = &self.silence;
+        if !(s.sensitivity.is_finite() && s.sensitivity > 0.0) {
+            return Err(invalid(
+                "silence.sensitivity",
+                s.sensitivity,
+                "a number above 0",
+            ));
+        }
+        if s.training_gaps < 2 {
+            return Err(invalid(
+                "silence.training_gaps",
+                s.training_gaps,
+                "at least 2",
+            ));
+        }
+        let a = &self.alerts;
+        if a.for_buckets == 0 {
+            return Err(invalid("alerts.for", 0, "at least 1"));
+        }
+        if a.resolve_after == 0 {
+            return Err(invalid("alerts.resolve_after", 0, "at least 1"));
+        }
+        if a.max_correlation_ids > 100 {
+            return Err(invalid(
+                "alerts.max_correlation_ids",
+                a.max_correlation_ids,
+                "at most 100",
+            ));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                &self.http.listen,
+                "an address such as 127.0.0.1:9898",
+            ));
+        }
+        if self.kafka.topics.is_empty() {
+            return Err(invalid("kafka.topics", "[]", "at least one topic"));
+        }
+        let e = &self.email;
+        if e.enabled && e.to.is_empty() {
+            return Err(invalid(
+                "email.to",
+                "[]",
+                "at least one recipient when email.enabled",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A copy that is safe to print or serve: every secret replaced by [`REDACTED`].
+    pub fn redacted(&self) -> Settings {
+        let mut copy = self.clone();
+        if !copy.email.password.is_empty() {
+            copy.email.password = REDACTED.to_string();
+        }
+        for (name, value) in copy.kafka.properties.iter_mut() {
+            if is_secret_property(name) {
+                *value = REDACTED.to_string();
+            }
+        }
+        copy
+    }
+
+    /// The effective configuration as TOML, secrets redacted (`pipewatch check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(&self.redacted()).expect("settings serialize to TOML")
+    }
+
+    pub fn bucket_ms(&self) -> i64 {
+        self.window.bucket.as_millis() as i64
+    }
+
+    pub fn lateness_ms(&self) -> i64 {
+        self.window.allowed_lateness.as_millis() as i64
+    }
+}
+
+/// librdkafka properties that carry credentials (`sasl.password`, `ssl.key.password`,
+/// `sasl.oauthbearer.client.secret`, `ssl.key.pem`, ...).
+pub fn is_secret_property(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token", "key", "credential"]
+        .iter()
+        .any(|word| name.contains(word))
+}
+
+pub(crate) fn compile_glob(key: &str, pattern: &str) -> Result<globset::GlobMatcher, ConfigError> {
+    globset::Glob::new(pattern)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| invalid(key, pattern, &format!("a glob pattern ({e})")))
+}
+
+impl Tuning {
+    fn validate(&self, key: &str, history_buckets: u32) -> Result<(), ConfigError> {
+        let positive = |field: &str, v: Option<f64>| match v {
+            Some(x) if !(x.is_finite() && x > 0.0) => {
+                Err(invalid(format!("{key}.{field}"), x, "a number above 0"))
+            }
+            _ => Ok(()),
+        };
+        let non_negative = |field: &str, v: Option<f64>| match v {
+            Some(x) if !(x.is_finite() && x >= 0.0) => Err(invalid(
+                format!("{key}.{field}"),
+                x,
+                "a number of 0 or more",
+            )),
+            _ => Ok(()),
+        };
+        positive("sensitivity", self.sensitivity)?;
+        positive("critical_score", self.critical_score)?;
+        non_negative("min_relative_change", self.min_relative_change)?;
+        non_negative("min_absolute_change", self.min_absolute_change)?;
+        if let Some(alpha) = self.ewma_alpha {
+            if !(alpha > 0.0 && alpha <= 1.0) {
+                return Err(invalid(
+                    format!("{key}.ewma_alpha"),
+                    alpha,
+                    "a number in (0, 1]",
+                ));
+            }
+        }
+        if let Some(n) = self.training_buckets {
+            if n < 2 {
+                return Err(invalid(format!("{key}.training_buckets"), n, "at least 2"));
+            }
+        }
+        if let Some(n) = self.zscore_window {
+            if n < 2 || n > history_buckets {
+                return Err(invalid(
+                    format!("{key}.zscore_window"),
+                    n,
+                    &format!("an integer from 2 to window.buckets ({history_buckets})"),
+                ));
+            }
+        }
+        if let Some(d) = &self.detectors {
+            if d.is_empty() {
+                return Err(invalid(
+                    format!("{key}.detectors"),
+                    "[]",
+                    "at least one detector",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::defaults();
+        assert_eq!(s.window.bucket, Duration::from_secs(60));
+        assert_eq!(s.window.buckets, 60);
+        assert_eq!(s.kafka.topics, vec!["pipeline-events"]);
+        assert_eq!(s.alerts.for_buckets, 1);
+    }
+
+    #[test]
+    fn environment_overrides_with_lists() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("PIPEWATCH__KAFKA__TOPICS", "orders-events,billing-events"),
+                ("PIPEWATCH__WINDOW__BUCKET", "5m"),
+                ("PIPEWATCH__ALERTS__FOR", "3"),
+                ("OTHER__THING", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.kafka.topics, vec!["orders-events", "billing-events"]);
+        assert_eq!(s.window.bucket, Duration::from_secs(300));
+        assert_eq!(s.alerts.for_buckets, 3);
+    }
+
+    #[test]
+    fn file_then_env_precedence_and_dotted_kafka_properties() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw.toml");
+        std::fs::write(
+            &path,
+            r#"
+[window]
+buckets = 90
+[kafka.properties]
+"security.protocol" = "SASL_SSL"
+"sasl.password" = "hunter2"
+"#,
+        )
+        .unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[("PIPEWATCH__WINDOW__BUCKETS", "120")]))
+            .unwrap();
+        assert_eq!(s.window.buckets, 120, "environment wins over the file");
+        assert_eq!(s.kafka.properties["security.protocol"], "SASL_SSL");
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains(REDACTED));
+        assert!(shown.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn invalid_values_name_key_value_and_expectation() {
+        let err = Settings::load_with_env(None, env(&[("PIPEWATCH__WINDOW__BUCKETS", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("window.buckets") && err.contains('1') && err.contains("2 to 10000"),
+            "{err}"
+        );
+
+        let err = Settings::load_with_env(None, env(&[("PIPEWATCH__WINDOW__BUCKET", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("window.bucket") && err.contains("soon"),
+            "{err}"
+        );
+
+        let err =
+            Settings::load_with_env(None, env(&[("PIPEWATCH__DETECTION__EWMA_ALPHA", "1.5")]))
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("detection.ewma_alpha") && err.contains("(0, 1]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw.toml");
+        std::fs::write(&path, "[window]\nbukets = 5\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bukets"), "{err}");
+    }
+
+    #[test]
+    fn email_password_is_redacted() {
+        let s =
+            Settings::load_with_env(None, env(&[("PIPEWATCH__EMAIL__PASSWORD", "s3cret-pass")]))
+                .unwrap();
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("s3cret-pass"));
+        assert_eq!(
+            s.email.password, "s3cret-pass",
+            "the live value is untouched"
+        );
+    }
+}

@@ -1,0 +1,781 @@
+//! The engine: decoded events in, alerts and scored buckets out, in event time.
+//!
+//! One engine, several drivers: `pipewatch replay` feeds it from a file, `pipewatch run`
+//! from Kafka, the benchmarks from memory. It is single-threaded and deterministic: the
+//! same events in the same order give the same alerts (except their random `alert_id`).
+//!
+//! Time is the **watermark**, the newest event time seen. Bucket `b` covers
+//! `[b·width, (b+1)·width)` and is closed, for every stage at once, when the watermark
+//! passes its end plus `allowed_lateness`; an event for a closed bucket is late and
+//! dropped. In live mode an idle consumer lets the wall clock move the watermark (see
+//! [`Engine::advance_clock`]), so silence is found even when every stream stops.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use serde::Serialize;
+
+use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
+use crate::config::{Settings, SilenceSettings};
+use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
+use crate::detect::silence::GapTracker;
+use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
+use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
+use crate::time::serialize_ms;
+use crate::window::{Bucket, History, Reported};
+
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Applied,
+    /// Its bucket was already closed.
+    Late,
+    /// Its `event_id` was seen recently.
+    Duplicate,
+    /// A new stage, and `stages.max_tracked` are tracked already.
+    StageLimit,
+    Invalid(Rejection),
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Late => "late",
+            Outcome::Duplicate => "duplicate",
+            Outcome::StageLimit => "stage_limit",
+            Outcome::Invalid(_) => "invalid",
+        }
+    }
+}
+
+/// Counters of everything the engine did; exported as metrics and printed by replay.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub applied: u64,
+    pub late: u64,
+    pub duplicate: u64,
+    pub stage_limit: u64,
+    pub invalid: [u64; Reason::ALL.len()],
+    /// Quality figures ignored because a stage tracks `max_quality_metrics` already.
+    pub quality_overflow: u64,
+    pub stages_created: u64,
+    pub stages_evicted: u64,
+    pub buckets_closed: u64,
+    /// Empty buckets passed over when event time jumped far ahead.
+    pub buckets_skipped: u64,
+    pub alerts_firing: u64,
+    pub alerts_resolved: u64,
+}
+
+impl Stats {
+    pub fn invalid_total(&self) -> u64 {
+        self.invalid.iter().sum()
+    }
+}
+
+/// One scored bucket of one metric by one detector (`../shared/schema/score.md`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoredBucket {
+    pub pipeline: String,
+    pub stage: String,
+    pub metric: String,
+    pub detector: &'static str,
+    #[serde(serialize_with = "serialize_ms")]
+    pub bucket_start: i64,
+    #[serde(serialize_with = "serialize_ms")]
+    pub bucket_end: i64,
+    pub value: Option<f64>,
+    pub expected: Option<f64>,
+    pub lower: Option<f64>,
+    pub upper: Option<f64>,
+    pub score: Option<f64>,
+    /// The bucket's verdict under the configuration (all detectors combined).
+    pub anomalous: bool,
+    pub warming_up: bool,
+    /// This detector's own verdict (an addition to the v1 fields).
+    pub flagged: bool,
+}
+
+/// Where the engine puts what it produces; the driver drains it.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub alerts: Vec<Alert>,
+    /// Filled only when the engine was built with scores enabled.
+    pub scores: Vec<ScoredBucket>,
+}
+
+/// One metric of one stage: its policy, its learnt state, its alert lifecycles.
+#[derive(Debug, Clone)]
+struct Series {
+    policy: PolicyId,
+    detectors: DetectorState,
+    /// Throughput metrics: [drop, spike]; other metrics use only the first.
+    tracks: [Track; 2],
+}
+
+struct Stage {
+    pipeline: Box<str>,
+    stage: Box<str>,
+    /// Open buckets, oldest first; at most lateness/width + 2 of them.
+    open: Vec<Bucket>,
+    history: History,
+    series: Vec<Series>,
+    quality_names: Vec<Box<str>>,
+    reported: Reported,
+    gaps: GapTracker,
+    silence: Track,
+}
+
+/// The name of metric `slot` of a stage with these quality figures. A function of the
+/// names alone, so the stage's other fields stay free to borrow mutably.
+fn metric_name(quality_names: &[Box<str>], slot: usize) -> MetricName<'_> {
+    match slot.checked_sub(BUILTIN_SLOTS) {
+        None => MetricName::Builtin(Builtin::ALL[slot]),
+        Some(q) => MetricName::Quality(&quality_names[q]),
+    }
+}
+
+impl Stage {
+    fn path(&self) -> String {
+        format!("{}/{}", self.pipeline, self.stage)
+    }
+
+    /// Heap bytes held, for memory accounting.
+    fn heap_bytes(&self) -> usize {
+        self.pipeline.len()
+            + self.stage.len()
+            + self.open.capacity() * std::mem::size_of::<Bucket>()
+            + self.history.heap_bytes()
+            + self.series.capacity() * std::mem::size_of::<Series>()
+            + self
+                .quality_names
+                .iter()
+                .map(|q| q.len() + 16)
+                .sum::<usize>()
+    }
+}
+
+/// Event ids seen recently: a bounded FIFO of 64-bit hashes.
+struct RecentIds {
+    order: VecDeque<u64>,
+    set: hashbrown::HashSet<u64>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    fn new(capacity: usize) -> RecentIds {
+        RecentIds {
+            order: VecDeque::with_capacity(capacity.min(1 << 16)),
+            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 16)),
+            capacity,
+        }
+    }
+
+    fn hash(&self, stage_hash: u64, id: &str) -> u64 {
+        self.set.hasher().hash_one((stage_hash, id))
+    }
+
+    fn contains(&self, h: u64) -> bool {
+        self.set.contains(&h)
+    }
+
+    fn insert(&mut self, h: u64) {
+        if self.capacity == 0 || !self.set.insert(h) {
+            return;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// Everything bucket closing needs besides the stage itself, borrowed apart from the
+/// stage list so both can be used at once.
+struct Closer<'a> {
+    policies: &'a PolicyBook,
+    factory: &'a AlertFactory,
+    rules: &'a Rules,
+    silence: &'a SilenceSettings,
+    critical_score: f64,
+    bucket_ms: i64,
+    emit_scores: bool,
+    values: &'a mut Vec<f64>,
+    anomalous: &'a mut Vec<bool>,
+    scratch: &'a mut Vec<f64>,
+    judgements: &'a mut Vec<Judgement>,
+    stats: &'a mut Stats,
+}
+
+pub struct Engine {
+    bucket_ms: i64,
+    lateness_ms: i64,
+    history_len: usize,
+    max_stages: usize,
+    max_quality: usize,
+    idle_timeout_ms: i64,
+    max_correlation_ids: usize,
+    max_event_bytes: usize,
+    max_future_skew_ms: i64,
+    silence: SilenceSettings,
+    critical_score: f64,
+    rules: Rules,
+    factory: AlertFactory,
+    policies: PolicyBook,
+    emit_scores: bool,
+
+    hasher: hashbrown::DefaultHashBuilder,
+    index: HashTable<u32>,
+    stages: Vec<Stage>,
+    watermark_ms: Option<i64>,
+    /// Every bucket up to and including this one is closed.
+    closed_through: i64,
+    recent_ids: RecentIds,
+    stats: Stats,
+
+    values: Vec<f64>,
+    anomalous: Vec<bool>,
+    scratch: Vec<f64>,
+    judgements: Vec<Judgement>,
+    quality_buf: Vec<(u16, f64)>,
+}
+
+impl Engine {
+    /// `emit_scores`: whether closed buckets are also reported as [`ScoredBucket`]s.
+    pub fn new(settings: &Settings, emit_scores: bool) -> Engine {
+        let bucket_ms = settings.bucket_ms();
+        Engine {
+            bucket_ms,
+            lateness_ms: settings.lateness_ms(),
+            history_len: settings.window.buckets as usize,
+            max_stages: settings.stages.max_tracked,
+            max_quality: settings.stages.max_quality_metrics,
+            idle_timeout_ms: settings.stages.idle_timeout.as_millis() as i64,
+            max_correlation_ids: settings.alerts.max_correlation_ids,
+            max_event_bytes: settings.input.max_event_bytes,
+            max_future_skew_ms: settings.input.max_future_skew.as_millis() as i64,
+            silence: settings.silence.clone(),
+            critical_score: settings.detection.critical_score,
+            rules: Rules::new(&settings.alerts),
+            factory: AlertFactory {
+                bucket_ms,
+                dashboard_url: settings.alerts.dashboard_url.clone(),
+            },
+            policies: PolicyBook::new(settings),
+            emit_scores,
+            hasher: Default::default(),
+            index: HashTable::new(),
+            stages: Vec::new(),
+            watermark_ms: None,
+            closed_through: i64::MIN,
+            recent_ids: RecentIds::new(settings.input.dedup_capacity),
+            stats: Stats::default(),
+            values: Vec::new(),
+            anomalous: Vec::new(),
+            scratch: Vec::new(),
+            judgements: Vec::new(),
+            quality_buf: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn tracked_stages(&self) -> usize {
+        self.stages.len()
+    }
+
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.watermark_ms
+    }
+
+    /// Heap bytes held by stage state (an estimate from capacities, for the memory
+    /// benchmark and the tracked-memory gauge).
+    pub fn stage_heap_bytes(&self) -> usize {
+        self.stages.iter().map(Stage::heap_bytes).sum::<usize>()
+            + self.stages.capacity() * std::mem::size_of::<Stage>()
+            + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
+    }
+
+    /// Decodes one raw message and applies it: the single path every driver uses.
+    /// `now_ms` is the wall clock, for refusing timestamps from the future.
+    pub fn ingest(&mut self, bytes: &[u8], now_ms: i64, out: &mut Outputs) -> Outcome {
+        let limits = DecodeLimits::new(self.max_event_bytes, now_ms, self.max_future_skew_ms);
+        match decode(bytes, &limits) {
+            Ok(event) => self.apply(&event, out),
+            Err(rejection) => {
+                self.stats.invalid[rejection.reason.index()] += 1;
+                Outcome::Invalid(rejection)
+            }
+        }
+    }
+
+    /// Applies one valid event, closing the buckets its time lets close.
+    pub fn apply(&mut self, event: &Event, out: &mut Outputs) -> Outcome {
+        let ts = event.timestamp_ms;
+        let bucket = ts.div_euclid(self.bucket_ms);
+        if self.watermark_ms.is_none() {
+            self.watermark_ms = Some(ts);
+            self.closed_through = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
+        }
+        if bucket <= self.closed_through {
+            self.stats.late += 1;
+            return Outcome::Late;
+        }
+        let stage_hash = self.hasher.hash_one((&*event.pipeline, &*event.stage));
+        let id_hash = event
+            .event_id
+            .as_ref()
+            .map(|id| self.recent_ids.hash(stage_hash, id));
+        if id_hash.is_some_and(|h| self.recent_ids.contains(h)) {
+            self.stats.duplicate += 1;
+            return Outcome::Duplicate;
+        }
+        let Some(index) = self.stage_index(event, stage_hash) else {
+            self.stats.stage_limit += 1;
+            return Outcome::StageLimit;
+        };
+        self.add_to_stage(index, event, bucket);
+        if let Some(h) = id_hash {
+            self.recent_ids.insert(h);
+        }
+        self.stats.applied += 1;
+        if ts > self.watermark_ms.unwrap_or(i64::MIN) {
+            self.advance_watermark(ts, out);
+        }
+        Outcome::Applied
+    }
+
+    /// Live mode, when the consumer is idle (caught up, nothing arriving): lets the wall
+    /// clock move event time to `now − allowed_lateness`, so buckets close and silence is
+    /// found even when every stream has stopped. A driver catching up on a backlog must
+    /// not call this: the backlog's own event time rules there.
+    pub fn advance_clock(&mut self, now_ms: i64, out: &mut Outputs) {
+        if self.watermark_ms.is_none() {
+            return;
+        }
+        let target = now_ms - self.lateness_ms;
+        if target > self.watermark_ms.unwrap_or(i64::MIN) {
+            self.advance_watermark(target, out);
+        }
+    }
+
+    /// End of a finite input (replay): closes every bucket that holds data, without
+    /// inventing time beyond the last event.
+    pub fn finish(&mut self, out: &mut Outputs) {
+        if let Some(wm) = self.watermark_ms {
+            let last = wm.div_euclid(self.bucket_ms);
+            while self.closed_through < last {
+                self.closed_through += 1;
+                self.close_bucket(self.closed_through, out);
+            }
+        }
+    }
+
+    fn stage_index(&mut self, event: &Event, hash: u64) -> Option<usize> {
+        let stages = &self.stages;
+        if let Some(&i) = self.index.find(hash, |&i| {
+            let s = &stages[i as usize];
+            *s.pipeline == *event.pipeline && *s.stage == *event.stage
+        }) {
+            return Some(i as usize);
+        }
+        if self.stages.len() >= self.max_stages {
+            return None;
+        }
+        let stage = self.new_stage(event);
+        let i = self.stages.len();
+        self.stages.push(stage);
+        let (stages, hasher) = (&self.stages, &self.hasher);
+        self.index.insert_unique(hash, i as u32, |&j| {
+            let s = &stages[j as usize];
+            hasher.hash_one((&*s.pipeline, &*s.stage))
+        });
+        self.stats.stages_created += 1;
+        Some(i)
+    }
+
+    fn new_stage(&mut self, event: &Event) -> Stage {
+        let path = format!("{}/{}", event.pipeline, event.stage);
+        let series = Builtin::ALL
+            .iter()
+            .map(|b| Series {
+                policy: self.policies.resolve(&path, b.name()),
+                detectors: DetectorState::default(),
+                tracks: [Track::Idle; 2],
+            })
+            .collect();
+        Stage {
+            pipeline: Box::from(&*event.pipeline),
+            stage: Box::from(&*event.stage),
+            open: Vec::with_capacity(2),
+            history: History::new(self.history_len, BUILTIN_SLOTS),
+            series,
+            quality_names: Vec::new(),
+            reported: Reported::default(),
+            gaps: GapTracker::new(event.timestamp_ms),
+            silence: Track::Idle,
+        }
+    }
+
+    fn add_to_stage(&mut self, index: usize, event: &Event, bucket: i64) {
+        // Quality names map to slots first (new names may add slots), into a buffer the
+        // engine keeps so that events with quality figures do not allocate.
+        let mut figures = std::mem::take(&mut self.quality_buf);
+        figures.clear();
+        for (name, x) in &event.quality {
+            let slot = self.quality_slot(index, name);
+            if slot != u16::MAX {
+                figures.push((slot, *x));
+            }
+        }
+        let stage = &mut self.stages[index];
+        let position = stage.open.iter().position(|b| b.index >= bucket);
+        let open = match position {
+            Some(p) if stage.open[p].index == bucket => &mut stage.open[p],
+            Some(p) => {
+                stage.open.insert(p, Bucket::new(bucket));
+                &mut stage.open[p]
+            }
+            None => {
+                stage.open.push(Bucket::new(bucket));
+                stage.open.last_mut().expect("just pushed")
+            }
+        };
+        open.add(event, figures.iter().copied(), self.max_correlation_ids);
+        stage.gaps.observe(event.timestamp_ms, &self.silence);
+        self.quality_buf = figures;
+    }
+
+    /// The slot of quality figure `name` in stage `index`, created if new; `u16::MAX`
+    /// when the stage tracks `max_quality_metrics` figures already.
+    fn quality_slot(&mut self, index: usize, name: &str) -> u16 {
+        let stage = &self.stages[index];
+        if let Some(q) = stage.quality_names.iter().position(|n| **n == *name) {
+            return (BUILTIN_SLOTS + q) as u16;
+        }
+        if stage.quality_names.len() >= self.max_quality {
+            self.stats.quality_overflow += 1;
+            return u16::MAX;
+        }
+        let policy = self
+            .policies
+            .resolve(&stage.path(), &MetricName::Quality(name).to_string());
+        let stage = &mut self.stages[index];
+        stage.quality_names.push(Box::from(name));
+        stage.history.add_slot();
+        stage.series.push(Series {
+            policy,
+            detectors: DetectorState::default(),
+            tracks: [Track::Idle; 2],
+        });
+        (BUILTIN_SLOTS + stage.quality_names.len() - 1) as u16
+    }
+
+    fn advance_watermark(&mut self, ts: i64, out: &mut Outputs) {
+        let previous = self.watermark_ms.unwrap_or(ts);
+        self.watermark_ms = Some(ts.max(previous));
+        let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
+        // After a jump far ahead (a long gap in the data), close the buckets that hold
+        // data and the last `history_len` empty ones, and pass over the rest: they
+        // would be empty for every stage, and closing each could stall the engine.
+        let newest_with_data = previous.div_euclid(self.bucket_ms);
+        let skip_from = newest_with_data.max(closable - self.history_len as i64);
+        while self.closed_through < closable {
+            if self.closed_through >= newest_with_data && self.closed_through < skip_from {
+                self.stats.buckets_skipped += (skip_from - self.closed_through) as u64;
+                self.closed_through = skip_from;
+                continue;
+            }
+            self.closed_through += 1;
+            self.close_bucket(self.closed_through, out);
+        }
+    }
+
+    /// Closes bucket `b` for every stage, then forgets stages idle for too long.
+    fn close_bucket(&mut self, b: i64, out: &mut Outputs) {
+        self.stats.buckets_closed += 1;
+        let end_ms = (b + 1) * self.bucket_ms;
+        let mut closer = Closer {
+            policies: &self.policies,
+            factory: &self.factory,
+            rules: &self.rules,
+            silence: &self.silence,
+            critical_score: self.critical_score,
+            bucket_ms: self.bucket_ms,
+            emit_scores: self.emit_scores,
+            values: &mut self.values,
+            anomalous: &mut self.anomalous,
+            scratch: &mut self.scratch,
+            judgements: &mut self.judgements,
+            stats: &mut self.stats,
+        };
+        for stage in &mut self.stages {
+            closer.close(stage, b, out);
+        }
+        let mut i = 0;
+        while i < self.stages.len() {
+            if end_ms - self.stages[i].gaps.last_event_ms() > self.idle_timeout_ms {
+                self.evict(i, end_ms, out);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Forgets stage `i`. Its firing alerts are resolved, as Prometheus resolves the
+    /// alerts of a series that disappears, so no subscriber keeps a ghost alert.
+    fn evict(&mut self, i: usize, end_ms: i64, out: &mut Outputs) {
+        let mut stage = self.stages.swap_remove(i);
+        let hash = self.hasher.hash_one((&*stage.pipeline, &*stage.stage));
+        if let Ok(entry) = self.index.find_entry(hash, |&j| j as usize == i) {
+            entry.remove();
+        }
+        if let Some(moved) = self.stages.get(i) {
+            let old = self.stages.len() as u32;
+            let moved_hash = self.hasher.hash_one((&*moved.pipeline, &*moved.stage));
+            if let Some(slot) = self.index.find_mut(moved_hash, |&j| j == old) {
+                *slot = i as u32;
+            }
+        }
+        self.stats.stages_evicted += 1;
+        let start_ms = end_ms - self.bucket_ms;
+        let mut firing: Vec<(AlertKind, String, Notice)> = Vec::new();
+        if let Track::Firing {
+            started_ms,
+            severity,
+            ..
+        } = stage.silence
+        {
+            firing.push((
+                AlertKind::Silence,
+                "silence".into(),
+                resolved(started_ms, end_ms, severity),
+            ));
+        }
+        for (slot, series) in stage.series.iter().enumerate() {
+            for (side, track) in series.tracks.iter().enumerate() {
+                if let Track::Firing {
+                    started_ms,
+                    severity,
+                    ..
+                } = *track
+                {
+                    let metric = metric_name(&stage.quality_names, slot);
+                    firing.push((
+                        AlertKind::of(metric, side == 1),
+                        metric.to_string(),
+                        resolved(started_ms, end_ms, severity),
+                    ));
+                }
+            }
+        }
+        stage.silence = Track::Idle;
+        for (kind, metric, notice) in firing {
+            let mut alert = self.factory.build(&AlertFacts {
+                notice,
+                kind,
+                pipeline: &stage.pipeline,
+                stage: &stage.stage,
+                metric: &metric,
+                detector: "none",
+                value: f64::NAN,
+                expected: f64::NAN,
+                lower: f64::NAN,
+                upper: f64::NAN,
+                score: f64::NAN,
+                bucket_start: start_ms,
+                bucket_end: end_ms,
+                correlation_ids: &[],
+            });
+            alert.annotations.insert(
+                "note",
+                "the stage sent nothing for stages.idle_timeout and is no longer tracked".into(),
+            );
+            self.stats.alerts_resolved += 1;
+            out.alerts.push(alert);
+        }
+    }
+}
+
+fn resolved(started_ms: i64, ended_ms: i64, severity: Severity) -> Notice {
+    Notice::Resolved {
+        started_ms,
+        ended_ms,
+        severity,
+    }
+}
+
+impl Closer<'_> {
+    fn close(&mut self, stage: &mut Stage, b: i64, out: &mut Outputs) {
+        let start_ms = b * self.bucket_ms;
+        let end_ms = start_ms + self.bucket_ms;
+        let bucket = match stage.open.first() {
+            Some(first) if first.index == b => stage.open.remove(0),
+            _ => Bucket::new(b),
+        };
+        bucket.note_reported(&mut stage.reported);
+        let slots = stage.series.len();
+        self.values.resize(slots, f64::NAN);
+        self.anomalous.clear();
+        self.anomalous.resize(slots, false);
+        let dense = stage
+            .gaps
+            .is_dense(self.bucket_ms, self.silence.training_gaps);
+        bucket.values(dense, &stage.reported, self.values);
+
+        if self.values.iter().any(|v| !v.is_nan()) {
+            for slot in 0..slots {
+                self.score(stage, slot, &bucket, start_ms, end_ms, out);
+            }
+            stage.history.push(b, self.values, self.anomalous);
+        }
+        if self.silence.enabled {
+            self.judge_silence(stage, start_ms, end_ms, out);
+        }
+    }
+
+    /// Judges one metric of the closing bucket, learns from it if it was normal, and
+    /// moves its alert lifecycle.
+    fn score(
+        &mut self,
+        stage: &mut Stage,
+        slot: usize,
+        bucket: &Bucket,
+        start_ms: i64,
+        end_ms: i64,
+        out: &mut Outputs,
+    ) {
+        let value = self.values[slot];
+        let series = &stage.series[slot];
+        let policy = self.policies.get(series.policy);
+        let verdict = detect::judge(
+            policy,
+            &series.detectors,
+            &stage.history,
+            slot,
+            value,
+            self.scratch,
+            self.judgements,
+        );
+        self.anomalous[slot] = verdict.anomalous;
+        if !verdict.anomalous {
+            detect::learn(policy, &mut stage.series[slot].detectors, value);
+        }
+        let metric = metric_name(&stage.quality_names, slot);
+        if self.emit_scores && !value.is_nan() {
+            for j in self.judgements.iter() {
+                out.scores.push(ScoredBucket {
+                    pipeline: stage.pipeline.to_string(),
+                    stage: stage.stage.to_string(),
+                    metric: metric.to_string(),
+                    detector: j.detector.as_str(),
+                    bucket_start: start_ms,
+                    bucket_end: end_ms,
+                    value: Some(value),
+                    expected: j.band.map(|b| b.expected),
+                    lower: j.band.map(|b| b.lower),
+                    upper: j.band.map(|b| b.upper),
+                    score: j.band.and_then(|b| b.score),
+                    anomalous: verdict.anomalous,
+                    warming_up: j.band.is_none(),
+                    flagged: j.band.is_some_and(|b| b.flagged),
+                });
+            }
+        }
+        if !policy.enabled {
+            return;
+        }
+        let Some(lead) = verdict.lead.filter(|_| !value.is_nan()) else {
+            return;
+        };
+        let Some(band) = lead.band else {
+            return; // still learning: neither anomalous nor evidence of normality
+        };
+        let score = band.score.unwrap_or(0.0);
+        let above = score > 0.0;
+        let throughput = matches!(metric, MetricName::Builtin(b) if b.is_throughput());
+        let severity = Severity::from_score(score, policy.critical_score);
+        for side in 0..if throughput { 2 } else { 1 } {
+            let observation = match verdict.anomalous && (!throughput || above == (side == 1)) {
+                true => Observation::Anomalous(severity),
+                false => Observation::Normal,
+            };
+            let track = &mut stage.series[slot].tracks[side];
+            let Some(notice) = track.observe(observation, start_ms, end_ms, self.rules) else {
+                continue;
+            };
+            let kind = if throughput {
+                AlertKind::of(metric, side == 1)
+            } else {
+                AlertKind::of(metric, above)
+            };
+            let alert = self.factory.build(&AlertFacts {
+                notice,
+                kind,
+                pipeline: &stage.pipeline,
+                stage: &stage.stage,
+                metric: &metric.to_string(),
+                detector: lead.detector.as_str(),
+                value,
+                expected: band.expected,
+                lower: band.lower,
+                upper: band.upper,
+                score,
+                bucket_start: start_ms,
+                bucket_end: end_ms,
+                correlation_ids: &bucket.correlation_ids,
+            });
+            self.count(&notice);
+            out.alerts.push(alert);
+        }
+    }
+
+    fn judge_silence(&mut self, stage: &mut Stage, start_ms: i64, end_ms: i64, out: &mut Outputs) {
+        let Some(j) = stage.gaps.judge(end_ms, self.silence) else {
+            return;
+        };
+        let observation = if j.silent {
+            Observation::Anomalous(Severity::from_score(j.score, self.critical_score))
+        } else {
+            Observation::Normal
+        };
+        let Some(notice) = stage
+            .silence
+            .observe(observation, start_ms, end_ms, self.rules)
+        else {
+            return;
+        };
+        let seconds = |ms: f64| ms / 1000.0;
+        let alert = self.factory.build(&AlertFacts {
+            notice,
+            kind: AlertKind::Silence,
+            pipeline: &stage.pipeline,
+            stage: &stage.stage,
+            metric: "silence",
+            detector: "silence",
+            value: seconds(j.silent_for_ms as f64),
+            expected: seconds(j.baseline.expected),
+            lower: 0.0,
+            upper: seconds(j.threshold_ms),
+            score: j.score,
+            bucket_start: start_ms,
+            bucket_end: end_ms,
+            correlation_ids: &[],
+        });
+        self.count(&notice);
+        out.alerts.push(alert);
+    }
+
+    fn count(&mut self, notice: &Notice) {
+        match notice {
+            Notice::Firing { .. } => self.stats.alerts_firing += 1,
+            Notice::Resolved { .. } => self.stats.alerts_resolved += 1,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! pipewatch watches data pipelines through the events they publish and raises alerts on
+//! throughput and data-quality anomalies.
+//!
+//! The modules follow the data:
+//!
+//! ```text
+//! source ─▶ decode ─▶ window ─▶ detect ─▶ alert ─▶ sink
+//!                 └──────── engine (drives them, in event time) ────────┘
+//! ```
+//!
+//! * [`source`] reads raw messages (NDJSON for replay);
+//! * [`decode`] validates untrusted bytes into an [`decode::Event`] or a precise rejection;
+//! * [`window`] accumulates per-stage event-time buckets and keeps their history;
+//! * [`detect`] scores each closed bucket (EWMA, rolling z-score, silence);
+//! * [`alert`] turns anomalies into firing/resolved notifications without duplicates;
+//! * [`sink`] writes them out;
+//! * [`engine`] ties these together; [`replay`] and [`simulate`] are commands built on it.
+
+pub mod alert;
+pub mod clock;
+pub mod config;
+pub mod decode;
+pub mod detect;
+pub mod engine;
+pub mod metric;
+pub mod replay;
+//SIM pub mod simulate;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod window;

@@ -1,0 +1,67 @@
+//! The `pipewatch` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pipewatch::config::{ConfigError, Settings};
+use pipewatch::replay; //SIM
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pipewatch",
+    version,
+    about = "Watches data pipelines and alerts on anomalies"
+)]
+struct Cli {
+    /// Configuration file (TOML), read over the built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Process NDJSON events in event time and write alerts (and scores).
+    Replay(replay::ReplayArgs),
+    /// Print the effective configuration, secrets redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pipewatch: {err:#}");
+            if err.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = || Settings::load(cli.config.as_deref());
+    match cli.command {
+        Command::CheckConfig => {
+            print!("{}", settings()?.to_redacted_toml());
+            Ok(())
+        }
+        Command::Replay(ref args) => {
+            let stats = replay::run(&settings()?, args)?;
+            eprintln!("{}", replay::summary(&stats));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The metrics pipewatch derives per stage and bucket (`../shared/schema/event.md`), and the
+//! alert kinds they map to.
+
+use std::fmt;
+
+/// Built-in metrics, in the slot order every stage uses; quality figures follow them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Events,
+    Records,
+    Bytes,
+    ErrorRate,
+    FailureRate,
+    RejectedRate,
+    DurationP95,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 7] = [
+        Builtin::Events,
+        Builtin::Records,
+        Builtin::Bytes,
+        Builtin::ErrorRate,
+        Builtin::FailureRate,
+        Builtin::RejectedRate,
+        Builtin::DurationP95,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Events => "events",
+            Builtin::Records => "records",
+            Builtin::Bytes => "bytes",
+            Builtin::ErrorRate => "error_rate",
+            Builtin::FailureRate => "failure_rate",
+            Builtin::RejectedRate => "rejected_rate",
+            Builtin::DurationP95 => "duration_p95",
+        }
+    }
+
+    /// Volume metrics alert as drops and spikes; the others have one kind each.
+    pub fn is_throughput(self) -> bool {
+        matches!(self, Builtin::Events | Builtin::Records | Builtin::Bytes)
+    }
+}
+
+/// Slots `0..BUILTIN_SLOTS` are the built-ins; quality figures take the slots after.
+pub const BUILTIN_SLOTS: usize = Builtin::ALL.len();
+
+/// A metric of one stage, for naming it in alerts, scores and config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricName<'a> {
+    Builtin(Builtin),
+    Quality(&'a str),
+}
+
+impl fmt::Display for MetricName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricName::Builtin(b) => f.write_str(b.name()),
+            MetricName::Quality(q) => write!(f, "quality.{q}"),
+        }
+    }
+}
+
+/// `kind` of an alert (`../shared/schema/alert.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    ThroughputDrop,
+    ThroughputSpike,
+    Silence,
+    ErrorRate,
+    FailureRate,
+    RejectedRate,
+    Latency,
+    Quality,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 8] = [
+        AlertKind::ThroughputDrop,
+        AlertKind::ThroughputSpike,
+        AlertKind::Silence,
+        AlertKind::ErrorRate,
+        AlertKind::FailureRate,
+        AlertKind::RejectedRate,
+        AlertKind::Latency,
+        AlertKind::Quality,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::ThroughputDrop => "throughput_drop",
+            AlertKind::ThroughputSpike => "throughput_spike",
+            AlertKind::Silence => "silence",
+            AlertKind::ErrorRate => "error_rate",
+            AlertKind::FailureRate => "failure_rate",
+            AlertKind::RejectedRate => "rejected_rate",
+            AlertKind::Latency => "latency",
+            AlertKind::Quality => "quality",
+        }
+    }
+
+    /// The kind an anomaly of `metric` on one side of its band raises.
+    pub fn of(metric: MetricName, above: bool) -> AlertKind {
+        match metric {
+            MetricName::Builtin(b) if b.is_throughput() => {
+                if above {
+                    AlertKind::ThroughputSpike
+                } else {
+                    AlertKind::ThroughputDrop
+                }
+            }
+            MetricName::Builtin(Builtin::ErrorRate) => AlertKind::ErrorRate,
+            MetricName::Builtin(Builtin::FailureRate) => AlertKind::FailureRate,
+            MetricName::Builtin(Builtin::RejectedRate) => AlertKind::RejectedRate,
+            MetricName::Builtin(_) => AlertKind::Latency,
+            MetricName::Quality(_) => AlertKind::Quality,
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Where alerts and scores go.
+
+pub mod ndjson;

@@ -1,0 +1,4 @@
+//! Where events come from. Every source hands raw message bytes to
+//! [`crate::engine::Engine::ingest`]: decoding and validation happen in one place.
+
+pub mod ndjson;

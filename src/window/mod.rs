@@ -1,0 +1,386 @@
+//! Per-stage event-time windows: the open buckets that events accumulate into, and the
+//! ring of closed buckets that detectors learn from.
+//!
+//! Memory per stage is fixed by configuration, never by the event rate: an open bucket
+//! holds sums, counts and a constant-size p95 sketch, and history is a preallocated ring
+//! of `window.buckets` rows.
+
+mod quantile;
+
+pub use quantile::P2Quantile;
+
+use crate::decode::{Event, Status};
+use crate::metric::{Builtin, BUILTIN_SLOTS};
+
+/// Which optional fields a bucket saw at least once; a metric whose inputs were never
+/// reported has no value rather than a misleading zero.
+mod seen {
+    pub const RECORDS: u8 = 1;
+    pub const BYTES: u8 = 2;
+    pub const ERRORS: u8 = 4;
+    pub const REJECTED: u8 = 8;
+}
+
+/// One open event-time bucket of one stage.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub index: i64,
+    events: u32,
+    failures: u32,
+    seen: u8,
+    records: u64,
+    bytes: u64,
+    errors: u64,
+    rejected: u64,
+    /// `records_in`, or 1 for an event without it: the denominator of the rates.
+    rate_base: u64,
+    durations: P2Quantile,
+    /// (quality slot, sum, count).
+    quality: Vec<(u16, f64, u32)>,
+    /// The first few correlation ids seen, carried into alerts on this bucket.
+    pub correlation_ids: Vec<Box<str>>,
+}
+
+impl Bucket {
+    pub fn new(index: i64) -> Bucket {
+        Bucket {
+            index,
+            events: 0,
+            failures: 0,
+            seen: 0,
+            records: 0,
+            bytes: 0,
+            errors: 0,
+            rejected: 0,
+            rate_base: 0,
+            durations: P2Quantile::default(),
+            quality: Vec::new(),
+            correlation_ids: Vec::new(),
+        }
+    }
+
+    pub fn events(&self) -> u32 {
+        self.events
+    }
+
+    /// Adds one event. `quality` yields (slot, value) for the figures the stage tracks.
+    /// Sums saturate: hostile counts near `u64::MAX` must not wrap or panic.
+    pub fn add(
+        &mut self,
+        event: &Event,
+        quality: impl Iterator<Item = (u16, f64)>,
+        max_correlation_ids: usize,
+    ) {
+        self.events = self.events.saturating_add(1);
+        if event.status == Status::Failure {
+            self.failures = self.failures.saturating_add(1);
+        }
+        if let Some(n) = event.records_out.or(event.records_in) {
+            self.records = self.records.saturating_add(n);
+            self.seen |= seen::RECORDS;
+        }
+        if let Some(n) = event.bytes {
+            self.bytes = self.bytes.saturating_add(n);
+            self.seen |= seen::BYTES;
+        }
+        if let Some(n) = event.errors {
+            self.errors = self.errors.saturating_add(n);
+            self.seen |= seen::ERRORS;
+        }
+        if let Some(n) = event.records_rejected {
+            self.rejected = self.rejected.saturating_add(n);
+            self.seen |= seen::REJECTED;
+        }
+        self.rate_base = self.rate_base.saturating_add(event.records_in.unwrap_or(1));
+        if let Some(d) = event.duration_ms {
+            self.durations.observe(d);
+        }
+        for (slot, x) in quality {
+            match self.quality.iter_mut().find(|(s, _, _)| *s == slot) {
+                Some((_, sum, n)) => {
+                    *sum += x;
+                    *n += 1;
+                }
+                None => self.quality.push((slot, x, 1)),
+            }
+        }
+        if let Some(id) = &event.correlation_id {
+            if self.correlation_ids.len() < max_correlation_ids
+                && !self.correlation_ids.iter().any(|c| **c == **id)
+            {
+                self.correlation_ids.push(Box::from(&**id));
+            }
+        }
+    }
+
+    /// The bucket's metric values by slot, NaN where a metric has no value. An empty
+    /// bucket of a `dense` stage (one that normally sends several events per bucket) has
+    /// zero volume; an empty bucket of a sparse stage has no values at all, because a
+    /// batch job that runs hourly is not "down to zero" in the 59 minutes between runs.
+    pub fn values(&self, dense: bool, reported: &Reported, out: &mut [f64]) {
+        out.fill(f64::NAN);
+        let rate = |num: u64| num as f64 / self.rate_base.max(1) as f64;
+        if self.events == 0 {
+            if dense {
+                out[Builtin::Events as usize] = 0.0;
+                if reported.records {
+                    out[Builtin::Records as usize] = 0.0;
+                }
+                if reported.bytes {
+                    out[Builtin::Bytes as usize] = 0.0;
+                }
+            }
+            return;
+        }
+        out[Builtin::Events as usize] = self.events as f64;
+        if self.seen & seen::RECORDS != 0 {
+            out[Builtin::Records as usize] = self.records as f64;
+        }
+        if self.seen & seen::BYTES != 0 {
+            out[Builtin::Bytes as usize] = self.bytes as f64;
+        }
+        if self.seen & seen::ERRORS != 0 {
+            out[Builtin::ErrorRate as usize] = rate(self.errors);
+        }
+        out[Builtin::FailureRate as usize] = self.failures as f64 / self.events as f64;
+        if self.seen & seen::REJECTED != 0 {
+            out[Builtin::RejectedRate as usize] = rate(self.rejected);
+        }
+        if let Some(p95) = self.durations.value() {
+            out[Builtin::DurationP95 as usize] = p95;
+        }
+        for &(slot, sum, n) in &self.quality {
+            if let Some(v) = out.get_mut(slot as usize) {
+                *v = sum / n as f64;
+            }
+        }
+    }
+
+    /// Folds what this bucket saw into the stage's record of reported fields.
+    pub fn note_reported(&self, reported: &mut Reported) {
+        reported.records |= self.seen & seen::RECORDS != 0;
+        reported.bytes |= self.seen & seen::BYTES != 0;
+    }
+}
+
+/// Whether a stage has ever reported records and bytes: only then is an empty bucket a
+/// zero for those metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reported {
+    pub records: bool,
+    pub bytes: bool,
+}
+
+/// The last `capacity` closed buckets of a stage that carried any value, one column per
+/// metric slot. A preallocated ring: pushing never allocates.
+#[derive(Debug, Clone)]
+pub struct History {
+    capacity: usize,
+    len: usize,
+    /// Where the next row goes.
+    head: usize,
+    bucket_index: Box<[i64]>,
+    columns: Vec<Column>,
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    values: Box<[f64]>,
+    /// One bit per row: the bucket was anomalous and is kept out of baselines.
+    anomalous: Box<[u64]>,
+}
+
+impl Column {
+    fn new(capacity: usize) -> Column {
+        Column {
+            values: vec![f64::NAN; capacity].into_boxed_slice(),
+            anomalous: vec![0u64; capacity.div_ceil(64)].into_boxed_slice(),
+        }
+    }
+}
+
+/// One stored row of one metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub bucket_index: i64,
+    pub value: f64,
+    pub anomalous: bool,
+}
+
+impl History {
+    pub fn new(capacity: usize, slots: usize) -> History {
+        History {
+            capacity,
+            len: 0,
+            head: 0,
+            bucket_index: vec![0; capacity].into_boxed_slice(),
+            columns: (0..slots).map(|_| Column::new(capacity)).collect(),
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.columns.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds a metric slot (a new quality figure); its past rows have no value.
+    pub fn add_slot(&mut self) {
+        self.columns.push(Column::new(self.capacity));
+    }
+
+    /// Appends a row, overwriting the oldest when full.
+    pub fn push(&mut self, bucket_index: i64, values: &[f64], anomalous: &[bool]) {
+        let row = self.head;
+        self.bucket_index[row] = bucket_index;
+        let (word, bit) = (row / 64, 1u64 << (row % 64));
+        for (slot, column) in self.columns.iter_mut().enumerate() {
+            column.values[row] = values.get(slot).copied().unwrap_or(f64::NAN);
+            if anomalous.get(slot).copied().unwrap_or(false) {
+                column.anomalous[word] |= bit;
+            } else {
+                column.anomalous[word] &= !bit;
+            }
+        }
+        self.head = (self.head + 1) % self.capacity;
+        self.len = (self.len + 1).min(self.capacity);
+    }
+
+    /// Rows of one metric, newest first.
+    pub fn newest_first(&self, slot: usize) -> impl Iterator<Item = Sample> + '_ {
+        let column = &self.columns[slot];
+        (1..=self.len).map(move |back| {
+            let row = (self.head + self.capacity - back) % self.capacity;
+            Sample {
+                bucket_index: self.bucket_index[row],
+                value: column.values[row],
+                anomalous: column.anomalous[row / 64] & (1u64 << (row % 64)) != 0,
+            }
+        })
+    }
+
+    /// Heap bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.capacity * 8
+            + self.columns.capacity() * std::mem::size_of::<Column>()
+            + self.columns.len() * (self.capacity * 8 + self.capacity.div_ceil(64) * 8)
+    }
+}
+
+/// The number of built-in slots, re-exported for stages sizing their rows.
+pub const FIRST_QUALITY_SLOT: usize = BUILTIN_SLOTS;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{decode, DecodeLimits};
+
+    fn event(json: &str) -> Event<'_> {
+        decode(json.as_bytes(), &DecodeLimits::new(65_536, i64::MAX / 2, 0)).unwrap()
+    }
+
+    fn values(bucket: &Bucket, dense: bool, reported: Reported, slots: usize) -> Vec<f64> {
+        let mut out = vec![0.0; slots];
+        bucket.values(dense, &reported, &mut out);
+        out
+    }
+
+    #[test]
+    fn metrics_follow_the_schema_table() {
+        let mut b = Bucket::new(0);
+        let e1 = event(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"records_in":100,"records_out":90,"records_rejected":10,"errors":5,"bytes":1000,"duration_ms":10,"quality":{"null_rate":0.1}}"#,
+        );
+        let e2 = event(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200001,"records_in":300,"status":"failure","errors":3,"duration_ms":30,"quality":{"null_rate":0.3}}"#,
+        );
+        let e3 = event(r#"{"pipeline":"p","stage":"s","timestamp":1793491200002}"#);
+        for e in [&e1, &e2, &e3] {
+            b.add(e, e.quality.iter().map(|(_, x)| (7u16, *x)), 5);
+        }
+        let v = values(&b, false, Reported::default(), 8);
+        assert_eq!(v[Builtin::Events as usize], 3.0);
+        assert_eq!(
+            v[Builtin::Records as usize],
+            390.0,
+            "records_out, else records_in"
+        );
+        assert_eq!(v[Builtin::Bytes as usize], 1000.0);
+        // errors 8 over records_in 100 + 300 + 1 (the event without records_in counts 1)
+        assert!((v[Builtin::ErrorRate as usize] - 8.0 / 401.0).abs() < 1e-12);
+        assert!((v[Builtin::FailureRate as usize] - 1.0 / 3.0).abs() < 1e-12);
+        assert!((v[Builtin::RejectedRate as usize] - 10.0 / 401.0).abs() < 1e-12);
+        assert_eq!(v[Builtin::DurationP95 as usize], 30.0);
+        assert!((v[7] - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn empty_buckets_are_zero_only_for_dense_stages() {
+        let b = Bucket::new(0);
+        let reported = Reported {
+            records: true,
+            bytes: false,
+        };
+        let sparse = values(&b, false, reported, 7);
+        assert!(sparse.iter().all(|v| v.is_nan()));
+        let dense = values(&b, true, reported, 7);
+        assert_eq!(dense[Builtin::Events as usize], 0.0);
+        assert_eq!(dense[Builtin::Records as usize], 0.0);
+        assert!(dense[Builtin::Bytes as usize].is_nan(), "never reported");
+        assert!(dense[Builtin::ErrorRate as usize].is_nan());
+    }
+
+    #[test]
+    fn hostile_counts_saturate() {
+        let mut b = Bucket::new(0);
+        let e = event(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"records_in":18446744073709551615,"errors":18446744073709551615}"#,
+        );
+        b.add(&e, std::iter::empty(), 5);
+        b.add(&e, std::iter::empty(), 5);
+        let v = values(&b, false, Reported::default(), 7);
+        assert!(v.iter().all(|x| x.is_nan() || x.is_finite()));
+    }
+
+    #[test]
+    fn correlation_ids_are_bounded_and_unique() {
+        let mut b = Bucket::new(0);
+        for i in 0..20 {
+            let json = format!(
+                r#"{{"pipeline":"p","stage":"s","timestamp":1793491200000,"correlation_id":"run-{}"}}"#,
+                i % 7
+            );
+            let e = event(&json);
+            b.add(&e, std::iter::empty(), 5);
+        }
+        assert_eq!(b.correlation_ids.len(), 5);
+    }
+
+    #[test]
+    fn history_ring_keeps_the_newest_rows() {
+        let mut h = History::new(3, 2);
+        for i in 0..5 {
+            h.push(i, &[i as f64, -(i as f64)], &[i % 2 == 0, false]);
+        }
+        let rows: Vec<Sample> = h.newest_first(0).collect();
+        assert_eq!(
+            rows.iter().map(|s| s.bucket_index).collect::<Vec<_>>(),
+            vec![4, 3, 2]
+        );
+        assert_eq!(
+            rows.iter().map(|s| s.anomalous).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
+        h.add_slot();
+        assert!(h.newest_first(2).all(|s| s.value.is_nan()));
+        h.push(5, &[5.0, -5.0, 0.5], &[false, false, true]);
+        assert_eq!(h.newest_first(2).next().unwrap().value, 0.5);
+        assert_eq!(h.len(), 3);
+    }
+}
