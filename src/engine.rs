@@ -149,6 +149,7 @@ impl Stage {
             + self.open.capacity() * std::mem::size_of::<Bucket>()
             + self.history.heap_bytes()
             + self.series.capacity() * std::mem::size_of::<Series>()
+            + self.series.iter().map(|s| s.detectors.zscore.heap_bytes()).sum::<usize>()
             + self
                 .quality_names
                 .iter()
@@ -201,12 +202,10 @@ struct Closer<'a> {
     factory: &'a AlertFactory,
     rules: &'a Rules,
     silence: &'a SilenceSettings,
-    critical_score: f64,
     bucket_ms: i64,
     emit_scores: bool,
     values: &'a mut Vec<f64>,
     anomalous: &'a mut Vec<bool>,
-    scratch: &'a mut Vec<f64>,
     judgements: &'a mut Vec<Judgement>,
     stats: &'a mut Stats,
 }
@@ -222,7 +221,6 @@ pub struct Engine {
     max_event_bytes: usize,
     max_future_skew_ms: i64,
     silence: SilenceSettings,
-    critical_score: f64,
     rules: Rules,
     factory: AlertFactory,
     policies: PolicyBook,
@@ -239,7 +237,6 @@ pub struct Engine {
 
     values: Vec<f64>,
     anomalous: Vec<bool>,
-    scratch: Vec<f64>,
     judgements: Vec<Judgement>,
     quality_buf: Vec<(u16, f64)>,
 }
@@ -259,7 +256,6 @@ impl Engine {
             max_event_bytes: settings.input.max_event_bytes,
             max_future_skew_ms: settings.input.max_future_skew.as_millis() as i64,
             silence: settings.silence.clone(),
-            critical_score: settings.detection.critical_score,
             rules: Rules::new(&settings.alerts),
             factory: AlertFactory {
                 bucket_ms,
@@ -276,7 +272,6 @@ impl Engine {
             stats: Stats::default(),
             values: Vec::new(),
             anomalous: Vec::new(),
-            scratch: Vec::new(),
             judgements: Vec::new(),
             quality_buf: Vec::new(),
         }
@@ -506,12 +501,10 @@ impl Engine {
             factory: &self.factory,
             rules: &self.rules,
             silence: &self.silence,
-            critical_score: self.critical_score,
             bucket_ms: self.bucket_ms,
             emit_scores: self.emit_scores,
             values: &mut self.values,
             anomalous: &mut self.anomalous,
-            scratch: &mut self.scratch,
             judgements: &mut self.judgements,
             stats: &mut self.stats,
         };
@@ -654,15 +647,7 @@ impl Closer<'_> {
         let value = self.values[slot];
         let series = &stage.series[slot];
         let policy = self.policies.get(series.policy);
-        let verdict = detect::judge(
-            policy,
-            &series.detectors,
-            &stage.history,
-            slot,
-            value,
-            self.scratch,
-            self.judgements,
-        );
+        let verdict = detect::judge(policy, &series.detectors, value, self.judgements);
         self.anomalous[slot] = verdict.anomalous;
         if !verdict.anomalous {
             detect::learn(policy, &mut stage.series[slot].detectors, value);
@@ -740,8 +725,10 @@ impl Closer<'_> {
         let Some(j) = stage.gaps.judge(end_ms, self.silence) else {
             return;
         };
+        // A stage that stopped is what "fails silently" means: always critical. Its score
+        // grows with every quiet minute, so a warning would only escalate a minute later.
         let observation = if j.silent {
-            Observation::Anomalous(Severity::from_score(j.score, self.critical_score))
+            Observation::Anomalous(Severity::Critical)
         } else {
             Observation::Normal
         };

@@ -16,10 +16,10 @@ pub mod silence;
 mod zscore;
 
 pub use ewma::Ewma;
+pub use zscore::RollingWindow;
 pub use policy::{Policy, PolicyBook, PolicyId};
 
 use crate::config::{Combine, DetectorKind};
-use crate::window::History;
 
 /// What a detector has learnt: the expected value and its standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,22 +89,19 @@ pub struct Verdict {
     pub lead: Option<Judgement>,
 }
 
-/// Per-series detector state that lives between buckets (the z-score needs none: it
-/// reads the history).
-#[derive(Debug, Clone, Copy, Default)]
+/// Per-series detector state that lives between buckets.
+#[derive(Debug, Clone, Default)]
 pub struct DetectorState {
     pub ewma: Ewma,
+    pub zscore: RollingWindow,
 }
 
-/// Judges `value` against the series' state and history, with each enabled detector,
-/// then combines them. Pushes every judgement into `judgements`.
+/// Judges `value` against the series' state with each enabled detector, then combines
+/// them. Leaves every judgement in `judgements`.
 pub fn judge(
     policy: &Policy,
     state: &DetectorState,
-    history: &History,
-    slot: usize,
     value: f64,
-    scratch: &mut Vec<f64>,
     judgements: &mut Vec<Judgement>,
 ) -> Verdict {
     judgements.clear();
@@ -120,14 +117,10 @@ pub fn judge(
     if policy.zscore {
         judgements.push(Judgement {
             detector: DetectorKind::Zscore,
-            band: zscore::baseline(
-                history,
-                slot,
-                policy.zscore_window,
-                policy.training_buckets,
-                scratch,
-            )
-            .map(|b| band(policy, b, value)),
+            band: state
+                .zscore
+                .baseline(policy.training_buckets)
+                .map(|b| band(policy, b, value)),
         });
     }
     if !policy.enabled || value.is_nan() || judgements.is_empty() {
@@ -164,7 +157,12 @@ pub fn judge(
 /// Learns from a bucket that was not anomalous.
 pub fn learn(policy: &Policy, state: &mut DetectorState, value: f64) {
     if !value.is_nan() {
-        state.ewma.update(value, policy.ewma_alpha);
+        if policy.ewma {
+            state.ewma.update(value, policy.ewma_alpha);
+        }
+        if policy.zscore {
+            state.zscore.push(value, policy.zscore_window);
+        }
     }
 }
 
@@ -264,9 +262,8 @@ mod tests {
     fn cold_start_never_flags() {
         let p = policy();
         let state = DetectorState::default();
-        let h = History::new(60, 1);
-        let (mut scratch, mut js) = (Vec::new(), Vec::new());
-        let v = judge(&p, &state, &h, 0, 1e9, &mut scratch, &mut js);
+        let mut js = Vec::new();
+        let v = judge(&p, &state, 1e9, &mut js);
         assert!(!v.anomalous);
         assert!(js.iter().all(|j| j.band.is_none()));
     }
@@ -278,13 +275,11 @@ mod tests {
         p.min_relative_change = 0.0;
         p.min_absolute_change = 0.0;
         let mut state = DetectorState::default();
-        let mut h = History::new(60, 1);
         for x in [10.0, 11.0, 9.0, 10.0, 10.5, 9.5] {
-            h.push(0, &[x], &[false]);
             learn(&p, &mut state, x);
         }
-        let (mut scratch, mut js) = (Vec::new(), Vec::new());
-        let v = judge(&p, &state, &h, 0, 30.0, &mut scratch, &mut js);
+        let mut js = Vec::new();
+        let v = judge(&p, &state, 30.0, &mut js);
         assert!(v.anomalous);
         assert_eq!(js.len(), 2);
         let weakest = js
@@ -292,7 +287,7 @@ mod tests {
             .map(|j| j.band.unwrap().score.unwrap())
             .fold(f64::INFINITY, f64::min);
         assert_eq!(v.lead.unwrap().band.unwrap().score.unwrap(), weakest);
-        let v = judge(&p, &state, &h, 0, 10.2, &mut scratch, &mut js);
+        let v = judge(&p, &state, 10.2, &mut js);
         assert!(!v.anomalous);
     }
 }
