@@ -109,11 +109,23 @@ pub enum Direction {
     Down,
 }
 
+/// The scale detectors learn and score a metric on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scale {
+    /// The values as they are: counts and rates, whose noise is roughly symmetric.
+    Linear,
+    /// `ln(1 + value)`: durations and other right-skewed figures, whose spread grows with
+    /// their level; bands become ratios (×1.5, ÷1.5) instead of differences.
+    Log,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectionSettings {
     pub detectors: Vec<DetectorKind>,
     pub combine: Combine,
+    pub scale: Scale,
     pub sensitivity: f64,
     pub critical_score: f64,
     pub training_buckets: u32,
@@ -121,6 +133,7 @@ pub struct DetectionSettings {
     pub zscore_window: u32,
     pub min_relative_change: f64,
     pub min_absolute_change: f64,
+    pub relearn_after: u32,
 }
 
 /// A partial set of detection settings: one `[metrics.<glob>]` table or one
@@ -143,6 +156,8 @@ pub struct Tuning {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub combine: Option<Combine>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<Scale>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub critical_score: Option<f64>,
@@ -156,6 +171,8 @@ pub struct Tuning {
     pub min_relative_change: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_absolute_change: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relearn_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,6 +355,7 @@ impl Settings {
         let base = Tuning {
             detectors: Some(d.detectors.clone()),
             combine: Some(d.combine),
+            scale: Some(d.scale),
             sensitivity: Some(d.sensitivity),
             critical_score: Some(d.critical_score),
             training_buckets: Some(d.training_buckets),
@@ -345,6 +363,7 @@ impl Settings {
             zscore_window: Some(d.zscore_window),
             min_relative_change: Some(d.min_relative_change),
             min_absolute_change: Some(d.min_absolute_change),
+            relearn_after: Some(d.relearn_after),
             ..Tuning::default()
         };
         base.validate("detection", w.buckets)?;

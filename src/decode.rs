@@ -51,7 +51,7 @@ pub struct Event<'a> {
     pub bytes: Option<u64>,
     pub duration_ms: Option<f64>,
     pub errors: Option<u64>,
-    pub quality: Vec<(Cow<'a, str>, f64)>,
+    pub quality: QualityFigures<'a>,
     pub upstream: Vec<Cow<'a, str>>,
 }
 
@@ -211,6 +211,9 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Event<'a>, R
     Ok(event)
 }
 
+/// Quality figures by name, in the order the event gave them.
+pub type QualityFigures<'a> = Vec<(Cow<'a, str>, f64)>;
+
 /// Carries the structured rejection out of the visitor: serde errors are strings, but
 /// callers need the reason and field as data.
 struct EventSeed<'r> {
@@ -278,7 +281,7 @@ struct Fields<'a> {
     bytes: Option<u64>,
     duration_ms: Option<f64>,
     errors: Option<u64>,
-    quality: Option<Vec<(Cow<'a, str>, f64)>>,
+    quality: Option<QualityFigures<'a>>,
     upstream: Option<Vec<Cow<'a, str>>>,
 }
 
@@ -659,7 +662,7 @@ fn too_many(field: &'static str, limit: usize) -> Rejection {
     )
 }
 
-fn quality(v: Json<'_>) -> Result<Option<Vec<(Cow<'_, str>, f64)>>, Rejection> {
+fn quality(v: Json<'_>) -> Result<Option<QualityFigures<'_>>, Rejection> {
     let entries = match v {
         Json::Null => return Ok(None),
         Json::Object(entries) => entries,
@@ -668,7 +671,7 @@ fn quality(v: Json<'_>) -> Result<Option<Vec<(Cow<'_, str>, f64)>>, Rejection> {
     if entries.len() > MAX_QUALITY_FIGURES {
         return Err(too_many("quality", MAX_QUALITY_FIGURES));
     }
-    let mut figures: Vec<(Cow<'_, str>, f64)> = Vec::with_capacity(entries.len());
+    let mut figures: QualityFigures<'_> = Vec::with_capacity(entries.len());
     for (key, value) in entries {
         check_len("quality", &key, MAX_NAME_LEN)?;
         let x = number("quality", &value).map_err(|mut r| {

@@ -149,7 +149,11 @@ impl Stage {
             + self.open.capacity() * std::mem::size_of::<Bucket>()
             + self.history.heap_bytes()
             + self.series.capacity() * std::mem::size_of::<Series>()
-            + self.series.iter().map(|s| s.detectors.zscore.heap_bytes()).sum::<usize>()
+            + self
+                .series
+                .iter()
+                .map(|s| s.detectors.zscore.heap_bytes())
+                .sum::<usize>()
             + self
                 .quality_names
                 .iter()
@@ -524,7 +528,7 @@ impl Engine {
     /// Forgets stage `i`. Its firing alerts are resolved, as Prometheus resolves the
     /// alerts of a series that disappears, so no subscriber keeps a ghost alert.
     fn evict(&mut self, i: usize, end_ms: i64, out: &mut Outputs) {
-        let mut stage = self.stages.swap_remove(i);
+        let stage = self.stages.swap_remove(i);
         let hash = self.hasher.hash_one((&*stage.pipeline, &*stage.stage));
         if let Ok(entry) = self.index.find_entry(hash, |&j| j as usize == i) {
             entry.remove();
@@ -537,7 +541,6 @@ impl Engine {
             }
         }
         self.stats.stages_evicted += 1;
-        let start_ms = end_ms - self.bucket_ms;
         let mut firing: Vec<(AlertKind, String, Notice)> = Vec::new();
         if let Track::Firing {
             started_ms,
@@ -568,32 +571,50 @@ impl Engine {
                 }
             }
         }
-        stage.silence = Track::Idle;
         for (kind, metric, notice) in firing {
-            let mut alert = self.factory.build(&AlertFacts {
+            let alert = forced_resolution(
+                &self.factory,
+                &stage,
+                (kind, &metric),
                 notice,
-                kind,
-                pipeline: &stage.pipeline,
-                stage: &stage.stage,
-                metric: &metric,
-                detector: "none",
-                value: f64::NAN,
-                expected: f64::NAN,
-                lower: f64::NAN,
-                upper: f64::NAN,
-                score: f64::NAN,
-                bucket_start: start_ms,
-                bucket_end: end_ms,
-                correlation_ids: &[],
-            });
-            alert.annotations.insert(
-                "note",
-                "the stage sent nothing for stages.idle_timeout and is no longer tracked".into(),
+                end_ms,
+                "the stage sent nothing for stages.idle_timeout and is no longer tracked",
             );
             self.stats.alerts_resolved += 1;
             out.alerts.push(alert);
         }
     }
+}
+
+/// A resolution that is not the condition ending but pipewatch ceasing to judge it (the
+/// stage was forgotten, or the detectors accepted a new level). It carries no value or
+/// band, and a note saying why, so no subscriber keeps a ghost alert.
+fn forced_resolution(
+    factory: &AlertFactory,
+    stage: &Stage,
+    (kind, metric): (AlertKind, &str),
+    notice: Notice,
+    end_ms: i64,
+    note: &str,
+) -> Alert {
+    let mut alert = factory.build(&AlertFacts {
+        notice,
+        kind,
+        pipeline: &stage.pipeline,
+        stage: &stage.stage,
+        metric,
+        detector: "none",
+        value: f64::NAN,
+        expected: f64::NAN,
+        lower: f64::NAN,
+        upper: f64::NAN,
+        score: f64::NAN,
+        bucket_start: end_ms - factory.bucket_ms,
+        bucket_end: end_ms,
+        correlation_ids: &[],
+    });
+    alert.annotations.insert("note", note.to_string());
+    alert
 }
 
 fn resolved(started_ms: i64, ended_ms: i64, severity: Severity) -> Notice {
@@ -648,11 +669,15 @@ impl Closer<'_> {
         let series = &stage.series[slot];
         let policy = self.policies.get(series.policy);
         let verdict = detect::judge(policy, &series.detectors, value, self.judgements);
-        self.anomalous[slot] = verdict.anomalous;
-        if !verdict.anomalous {
-            detect::learn(policy, &mut stage.series[slot].detectors, value);
-        }
+        self.anomalous[slot] = verdict.unusual;
+        let relearned = stage.series[slot]
+            .detectors
+            .learn(policy, value, verdict.unusual);
         let metric = metric_name(&stage.quality_names, slot);
+        if relearned {
+            self.accept_new_level(stage, slot, end_ms, out);
+            return;
+        }
         if self.emit_scores && !value.is_nan() {
             for j in self.judgements.iter() {
                 out.scores.push(ScoredBucket {
@@ -718,6 +743,37 @@ impl Closer<'_> {
             });
             self.count(&notice);
             out.alerts.push(alert);
+        }
+    }
+
+    /// The detectors of `slot` have just accepted a new level: its firing alerts end.
+    fn accept_new_level(&mut self, stage: &mut Stage, slot: usize, end_ms: i64, out: &mut Outputs) {
+        let metric = metric_name(&stage.quality_names, slot);
+        let mut notices = Vec::new();
+        for side in 0..2 {
+            if let Track::Firing {
+                started_ms,
+                severity,
+                ..
+            } = stage.series[slot].tracks[side]
+            {
+                stage.series[slot].tracks[side] = Track::Idle;
+                let kind = AlertKind::of(metric, side == 1);
+                notices.push((kind, resolved(started_ms, end_ms, severity)));
+            }
+        }
+        let name = metric.to_string();
+        for (kind, notice) in notices {
+            out.alerts.push(forced_resolution(
+                self.factory,
+                stage,
+                (kind, &name),
+                notice,
+                end_ms,
+                "the value stayed outside its band for detection.relearn_after buckets; \
+                 the detectors now learn this level as normal",
+            ));
+            self.stats.alerts_resolved += 1;
         }
     }
 

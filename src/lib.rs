@@ -24,7 +24,7 @@ pub mod detect;
 pub mod engine;
 pub mod metric;
 pub mod replay;
-//SIM pub mod simulate;
+pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod time;

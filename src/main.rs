@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pipewatch::config::{ConfigError, Settings};
-use pipewatch::replay; //SIM
+use pipewatch::{replay, simulate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Process NDJSON events in event time and write alerts (and scores).
     Replay(replay::ReplayArgs),
+    /// Generate realistic pipeline events with injected faults.
+    Simulate(simulate::SimulateArgs),
     /// Print the effective configuration, secrets redacted.
     CheckConfig,
 }
@@ -63,5 +65,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{}", replay::summary(&stats));
             Ok(())
         }
+        Command::Simulate(args) => simulate::run(args),
     }
 }

@@ -20,7 +20,9 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
         any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("JSON has no NaN", |x| x.is_finite()).prop_map(|x| json!(x)),
+        any::<f64>()
+            .prop_filter("JSON has no NaN", |x| x.is_finite())
+            .prop_map(|x| json!(x)),
         ".{0,40}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
@@ -55,8 +57,11 @@ fn event_like() -> impl Strategy<Value = Value> {
         field(count()),
         field(count()),
         field((0.0f64..1e6).prop_map(|x| json!(x)).boxed()),
-        field(prop::collection::btree_map("[a-z]{1,8}", (0.0f64..1.0).prop_map(|x| json!(x)), 0..4)
-            .prop_map(|m| Value::Object(m.into_iter().collect())).boxed()),
+        field(
+            prop::collection::btree_map("[a-z]{1,8}", (0.0f64..1.0).prop_map(|x| json!(x)), 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect()))
+                .boxed(),
+        ),
         prop::collection::vec(any::<bool>(), 8),
     )
         .prop_map(|(p, s, t, rin, rout, err, dur, q, present)| {

@@ -82,7 +82,10 @@ fn out_of_order_events_land_in_their_bucket_and_late_ones_are_dropped() {
     assert_eq!(run.engine.stats().late, 1);
     run.finish();
     assert_eq!(run.value("s", "records", T0), Some(1.0 + 4.0 + 32.0));
-    assert_eq!(run.value("s", "records", T0 + MIN), Some(2.0 + 8.0 + 16.0 + 64.0));
+    assert_eq!(
+        run.value("s", "records", T0 + MIN),
+        Some(2.0 + 8.0 + 16.0 + 64.0)
+    );
     assert_eq!(run.value("s", "events", T0 + MIN), Some(4.0));
     // each bucket is scored exactly once per metric and detector
     let mut keys: Vec<(i64, &str, &str)> = run
@@ -117,7 +120,11 @@ fn a_sustained_drop_fires_once_stays_firing_and_resolves_after_recovery() {
     let statuses: Vec<AlertStatus> = drops.iter().map(|a| a.status).collect();
     // one firing; the outage (60 min) is shorter than repeat_interval (1 h), so no
     // repeat; the baseline did not learn the outage, so it stays firing until recovery
-    assert_eq!(statuses, vec![AlertStatus::Firing, AlertStatus::Resolved], "{drops:#?}");
+    assert_eq!(
+        statuses,
+        vec![AlertStatus::Firing, AlertStatus::Resolved],
+        "{drops:#?}"
+    );
     assert_eq!(drops[0].bucket_start, outage.0);
     assert_eq!(drops[0].severity, "critical");
     assert!(drops[0].value < drops[0].lower);
@@ -145,9 +152,21 @@ fn silence_is_found_from_the_other_streams_in_replay() {
     assert_eq!(silence[0].stage, "quiet");
     assert_eq!(silence[0].status, AlertStatus::Firing);
     // last event at stop − 7 s; 2-minute floor → silent in the bucket [stop+1m, stop+2m)
-    assert!(silence[0].bucket_start <= stop + 2 * MIN, "{}", silence[0].bucket_start);
-    assert!(silence[0].summary.contains("has sent nothing"), "{}", silence[0].summary);
-    assert!(!run.alerts.iter().any(|a| a.stage == "busy"), "{:#?}", run.alerts);
+    assert!(
+        silence[0].bucket_start <= stop + 2 * MIN,
+        "{}",
+        silence[0].bucket_start
+    );
+    assert!(
+        silence[0].summary.contains("has sent nothing"),
+        "{}",
+        silence[0].summary
+    );
+    assert!(
+        !run.alerts.iter().any(|a| a.stage == "busy"),
+        "{:#?}",
+        run.alerts
+    );
 }
 
 #[test]
@@ -227,7 +246,11 @@ fn duplicate_deliveries_are_counted_once() {
 fn invalid_messages_are_counted_by_reason_and_never_applied() {
     let settings = Settings::defaults();
     let mut run = Run::new(&settings);
-    for bad in ["{", "[]", r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"records_in":-1}"#] {
+    for bad in [
+        "{",
+        "[]",
+        r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"records_in":-1}"#,
+    ] {
         assert!(matches!(run.feed(bad), Outcome::Invalid(_)));
     }
     let stats = run.engine.stats();
@@ -255,7 +278,11 @@ fn the_same_input_gives_the_same_output() {
     let render = || {
         let mut run = Run::new(&settings);
         steady(&mut run, "x", T0, T0 + 180 * MIN, |ts| {
-            if (T0 + 90 * MIN..T0 + 100 * MIN).contains(&ts) { 5000 } else { 1000 }
+            if (T0 + 90 * MIN..T0 + 100 * MIN).contains(&ts) {
+                5000
+            } else {
+                1000
+            }
         });
         run.finish();
         let alerts: Vec<serde_json::Value> = run
@@ -267,7 +294,11 @@ fn the_same_input_gives_the_same_output() {
                 v
             })
             .collect();
-        let scores: Vec<String> = run.scores.iter().map(|s| serde_json::to_string(s).unwrap()).collect();
+        let scores: Vec<String> = run
+            .scores
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
         (alerts, scores)
     };
     let (a1, s1) = render();

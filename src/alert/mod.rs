@@ -155,7 +155,8 @@ pub fn fingerprint(pipeline: &str, stage: &str, metric: &str, kind: &str) -> Str
     let mut hash = OFFSET;
     for (i, part) in [pipeline, stage, metric, kind].iter().enumerate() {
         if i > 0 {
-            hash = (hash ^ 0).wrapping_mul(PRIME);
+            // the NUL separator: hash ^ 0 is hash
+            hash = hash.wrapping_mul(PRIME);
         }
         for &byte in part.as_bytes() {
             hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);

@@ -5,7 +5,8 @@
 //!
 //! * the band's half-width is `max(sensitivity·σ, min_absolute_change,
 //!   min_relative_change·|expected|)`, so tiny moves on a flat series never alert and a
-//!   zero variance never divides by zero;
+//!   zero variance never divides by zero (on the log scale the two minimums become the
+//!   ratios `1 + min_relative_change` and `1 + min_absolute_change/expected`);
 //! * the score is `(value − expected) / (half-width / sensitivity)`: a signed z-score
 //!   that equals ±sensitivity exactly at the band's edges;
 //! * a value is flagged when it leaves the band on a side the metric's `direction` allows.
@@ -16,10 +17,10 @@ pub mod silence;
 mod zscore;
 
 pub use ewma::Ewma;
-pub use zscore::RollingWindow;
 pub use policy::{Policy, PolicyBook, PolicyId};
+pub use zscore::RollingWindow;
 
-use crate::config::{Combine, DetectorKind};
+use crate::config::{Combine, DetectorKind, Scale};
 
 /// What a detector has learnt: the expected value and its standard deviation.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,42 +49,62 @@ pub struct Band {
     pub score: Option<f64>,
     /// Outside the band on an allowed side.
     pub flagged: bool,
+    /// Outside the band on either side: not normal, whether or not it alerts.
+    pub unusual: bool,
 }
 
-/// Applies the band rule of this module to a baseline.
+/// Applies the band rule of this module to a baseline (in detector units) and a value
+/// (in the metric's units); the band is reported in the metric's units.
 pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
     let Baseline { expected, std_dev } = baseline;
+    let floor = match policy.scale {
+        Scale::Linear => policy
+            .min_absolute_change
+            .max(policy.min_relative_change * expected.abs()),
+        Scale::Log => {
+            let level = policy.from_scale(expected).max(f64::MIN_POSITIVE);
+            policy
+                .min_relative_change
+                .ln_1p()
+                .max((policy.min_absolute_change / level).ln_1p())
+        }
+    };
     let half_width = (policy.sensitivity * std_dev)
-        .max(policy.min_absolute_change)
-        .max(policy.min_relative_change * expected.abs())
+        .max(floor)
         // A flat series with both minimum changes at zero: any move is a real change,
         // but the score must stay finite.
         .max(f64::EPSILON * expected.abs().max(1.0));
     let score = (!value.is_nan()).then(|| {
-        ((value - expected) * policy.sensitivity / half_width).clamp(-MAX_ABS_SCORE, MAX_ABS_SCORE)
+        let x = policy.to_scale(value);
+        ((x - expected) * policy.sensitivity / half_width).clamp(-MAX_ABS_SCORE, MAX_ABS_SCORE)
     });
-    let flagged = match score {
-        Some(z) => {
+    let (flagged, unusual) = match score {
+        Some(z) => (
             (z > policy.sensitivity && policy.allows_up())
-                || (z < -policy.sensitivity && policy.allows_down())
-        }
-        None => false,
+                || (z < -policy.sensitivity && policy.allows_down()),
+            z.abs() > policy.sensitivity,
+        ),
+        None => (false, false),
     };
     Band {
-        expected,
-        lower: expected - half_width,
-        upper: expected + half_width,
+        expected: policy.from_scale(expected),
+        lower: policy.from_scale(expected - half_width),
+        upper: policy.from_scale(expected + half_width),
         score,
         flagged,
+        unusual,
     }
 }
 
 /// The detectors' combined verdict on one bucket of one series.
 #[derive(Debug, Clone, Copy)]
 pub struct Verdict {
-    /// Anomalous under the policy: what the alert lifecycle sees and what is kept out
-    /// of the baselines.
+    /// Anomalous under the policy (band left on a side `direction` alerts on): what the
+    /// alert lifecycle sees.
     pub anomalous: bool,
+    /// Band left on either side: kept out of the baselines. A latency that halves while
+    /// volume collapses does not alert, but it is not the new normal either.
+    pub unusual: bool,
     /// The judgement an alert reports: for `all`, the weakest of the agreeing detectors;
     /// for `any`, the strongest flagged one.
     pub lead: Option<Judgement>,
@@ -94,6 +115,10 @@ pub struct Verdict {
 pub struct DetectorState {
     pub ewma: Ewma,
     pub zscore: RollingWindow,
+    /// An unusual value whose successor is not known yet (see [`DetectorState::learn`]).
+    held: Option<f64>,
+    /// Consecutive unusual buckets so far.
+    unusual_streak: u32,
 }
 
 /// Judges `value` against the series' state with each enabled detector, then combines
@@ -126,15 +151,18 @@ pub fn judge(
     if !policy.enabled || value.is_nan() || judgements.is_empty() {
         return Verdict {
             anomalous: false,
+            unusual: false,
             lead: judgements.first().copied(),
         };
     }
     let strength = |j: &Judgement| j.band.and_then(|b| b.score).map_or(0.0, f64::abs);
     let flagged = |j: &&Judgement| j.band.is_some_and(|b| b.flagged);
-    let anomalous = match policy.combine {
-        Combine::All => judgements.iter().all(|j| flagged(&j)),
-        Combine::Any => judgements.iter().any(|j| flagged(&j)),
+    let combine = |test: &dyn Fn(&Judgement) -> bool| match policy.combine {
+        Combine::All => judgements.iter().all(test),
+        Combine::Any => judgements.iter().any(test),
     };
+    let anomalous = combine(&|j| j.band.is_some_and(|b| b.flagged));
+    let unusual = combine(&|j| j.band.is_some_and(|b| b.unusual));
     let lead = match (anomalous, policy.combine) {
         (true, Combine::All) => judgements
             .iter()
@@ -150,18 +178,56 @@ pub fn judge(
     };
     Verdict {
         anomalous,
+        unusual,
         lead: lead.copied(),
     }
 }
 
-/// Learns from a bucket that was not anomalous.
-pub fn learn(policy: &Policy, state: &mut DetectorState, value: f64) {
-    if !value.is_nan() {
+impl DetectorState {
+    /// Learns from one judged bucket; returns true when the detectors have just
+    /// accepted a new level (see below) and start learning again.
+    ///
+    /// Unusual buckets stay out of the baselines so that an outage is never learnt as
+    /// the new normal. Two exceptions keep the baselines honest:
+    ///
+    /// * an unusual value that lasted a single bucket, between normal ones, was noise: it
+    ///   is learnt once its successor turns out normal. Keeping such blips out too would
+    ///   cut the tails off every skewed series (sparse counts, p95 of a few events): the
+    ///   spread would shrink, more buckets would be flagged, and it would shrink again;
+    /// * after `relearn_after` unusual buckets in a row the level has changed for good
+    ///   (a migration, a new customer): the detectors forget and train on the new level.
+    pub fn learn(&mut self, policy: &Policy, value: f64, unusual: bool) -> bool {
+        if value.is_nan() {
+            return false;
+        }
+        if unusual {
+            self.held = if self.unusual_streak == 0 {
+                Some(value)
+            } else {
+                None
+            };
+            self.unusual_streak += 1;
+            if policy.relearn_after > 0 && self.unusual_streak >= policy.relearn_after {
+                *self = DetectorState::default();
+                return true;
+            }
+            return false;
+        }
+        if let Some(blip) = self.held.take() {
+            self.update(policy, blip);
+        }
+        self.update(policy, value);
+        self.unusual_streak = 0;
+        false
+    }
+
+    fn update(&mut self, policy: &Policy, value: f64) {
+        let x = policy.to_scale(value);
         if policy.ewma {
-            state.ewma.update(value, policy.ewma_alpha);
+            self.ewma.update(x, policy.ewma_alpha);
         }
         if policy.zscore {
-            state.zscore.push(value, policy.zscore_window);
+            self.zscore.push(x, policy.zscore_window);
         }
     }
 }
@@ -221,8 +287,50 @@ mod tests {
     }
 
     #[test]
+    fn log_scale_bands_are_ratios() {
+        let mut p = policy();
+        p.scale = Scale::Log;
+        p.sensitivity = 3.0;
+        p.min_relative_change = 0.5;
+        p.min_absolute_change = 0.0;
+        // expected 99 in units: ln(100) in detector units; σ small, so the ×1.5 floor rules
+        let b = band(
+            &p,
+            Baseline {
+                expected: 100f64.ln(),
+                std_dev: 0.01,
+            },
+            160.0,
+        );
+        assert!((b.expected - 99.0).abs() < 1e-9);
+        assert!((b.upper - (100.0 * 1.5 - 1.0)).abs() < 1e-9);
+        assert!((b.lower - (100.0 / 1.5 - 1.0)).abs() < 1e-9);
+        assert!(b.flagged, "161/100 > 1.5");
+        let b = band(
+            &p,
+            Baseline {
+                expected: 100f64.ln(),
+                std_dev: 0.01,
+            },
+            140.0,
+        );
+        assert!(!b.flagged);
+        // zero is a finite score, not ln(0)
+        let b = band(
+            &p,
+            Baseline {
+                expected: 100f64.ln(),
+                std_dev: 0.01,
+            },
+            0.0,
+        );
+        assert!(b.score.unwrap().is_finite());
+    }
+
+    #[test]
     fn zero_variance_flat_series() {
         let mut p = policy();
+        p.sensitivity = 3.0;
         p.min_relative_change = 0.0;
         p.min_absolute_change = 0.01;
         // error rate flat at 0: 0.5 points is within the minimum change, 2 points is not
@@ -276,7 +384,7 @@ mod tests {
         p.min_absolute_change = 0.0;
         let mut state = DetectorState::default();
         for x in [10.0, 11.0, 9.0, 10.0, 10.5, 9.5] {
-            learn(&p, &mut state, x);
+            state.learn(&p, x, false);
         }
         let mut js = Vec::new();
         let v = judge(&p, &state, 30.0, &mut js);
@@ -289,5 +397,43 @@ mod tests {
         assert_eq!(v.lead.unwrap().band.unwrap().score.unwrap(), weakest);
         let v = judge(&p, &state, 10.2, &mut js);
         assert!(!v.anomalous);
+    }
+
+    #[test]
+    fn isolated_blips_are_learnt_and_outages_are_not() {
+        let mut p = policy();
+        p.zscore = false;
+        let mut state = DetectorState::default();
+        state.learn(&p, 10.0, false);
+        // a blip: learnt only when the next bucket is normal
+        state.learn(&p, 50.0, true);
+        assert_eq!(state.ewma.count(), 1);
+        state.learn(&p, 10.0, false);
+        assert_eq!(state.ewma.count(), 3);
+        // an outage of three buckets: none of it is learnt
+        for _ in 0..3 {
+            state.learn(&p, 0.0, true);
+        }
+        state.learn(&p, 10.0, false);
+        assert_eq!(state.ewma.count(), 4);
+        // no value: changes nothing
+        state.learn(&p, f64::NAN, false);
+        assert_eq!(state.ewma.count(), 4);
+    }
+
+    #[test]
+    fn a_level_that_stays_is_accepted_after_relearn_after_buckets() {
+        let mut p = policy();
+        p.relearn_after = 5;
+        let mut state = DetectorState::default();
+        state.learn(&p, 10.0, false);
+        let accepted: Vec<bool> = (0..5).map(|_| state.learn(&p, 30.0, true)).collect();
+        assert_eq!(accepted, vec![false, false, false, false, true]);
+        assert_eq!(state.ewma.count(), 0, "training again");
+        p.relearn_after = 0;
+        assert!(
+            !(0..100).any(|_| state.learn(&p, 90.0, true)),
+            "0 never relearns"
+        );
     }
 }

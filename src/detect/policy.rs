@@ -6,7 +6,7 @@
 
 use globset::GlobMatcher;
 
-use crate::config::{compile_glob, Combine, DetectorKind, Direction, Settings, Tuning};
+use crate::config::{compile_glob, Combine, DetectorKind, Direction, Scale, Settings, Tuning};
 
 /// Everything that decides how one series is scored.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,7 @@ pub struct Policy {
     pub ewma: bool,
     pub zscore: bool,
     pub combine: Combine,
+    pub scale: Scale,
     pub sensitivity: f64,
     pub critical_score: f64,
     pub training_buckets: u32,
@@ -23,6 +24,7 @@ pub struct Policy {
     pub zscore_window: u32,
     pub min_relative_change: f64,
     pub min_absolute_change: f64,
+    pub relearn_after: u32,
 }
 
 impl Policy {
@@ -39,6 +41,9 @@ impl Policy {
         }
         if let Some(v) = t.combine {
             self.combine = v;
+        }
+        if let Some(v) = t.scale {
+            self.scale = v;
         }
         if let Some(v) = t.sensitivity {
             self.sensitivity = v;
@@ -61,6 +66,9 @@ impl Policy {
         if let Some(v) = t.min_absolute_change {
             self.min_absolute_change = v;
         }
+        if let Some(v) = t.relearn_after {
+            self.relearn_after = v;
+        }
     }
 
     pub fn allows_up(&self) -> bool {
@@ -69,6 +77,22 @@ impl Policy {
 
     pub fn allows_down(&self) -> bool {
         self.direction != Direction::Up
+    }
+
+    /// A value in the units detectors learn and score in.
+    pub fn to_scale(&self, value: f64) -> f64 {
+        match self.scale {
+            Scale::Linear => value,
+            Scale::Log => value.max(0.0).ln_1p(),
+        }
+    }
+
+    /// Back from detector units to the metric's own.
+    pub fn from_scale(&self, x: f64) -> f64 {
+        match self.scale {
+            Scale::Linear => x,
+            Scale::Log => x.exp_m1(),
+        }
     }
 }
 
@@ -93,6 +117,7 @@ impl PolicyBook {
             ewma: d.detectors.contains(&DetectorKind::Ewma),
             zscore: d.detectors.contains(&DetectorKind::Zscore),
             combine: d.combine,
+            scale: d.scale,
             sensitivity: d.sensitivity,
             critical_score: d.critical_score,
             training_buckets: d.training_buckets,
@@ -100,6 +125,7 @@ impl PolicyBook {
             zscore_window: d.zscore_window,
             min_relative_change: d.min_relative_change,
             min_absolute_change: d.min_absolute_change,
+            relearn_after: d.relearn_after,
         };
         let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
         let mut metric_layers: Vec<(&String, &Tuning)> = settings.metrics.iter().collect();

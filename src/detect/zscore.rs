@@ -61,7 +61,10 @@ mod tests {
         let b = w.baseline(3).unwrap();
         assert!((b.expected - 6.0).abs() < 1e-12);
         assert!((b.std_dev - 2.0).abs() < 1e-12);
-        assert!(w.baseline(30).is_some(), "the minimum is capped at the window");
+        assert!(
+            w.baseline(30).is_some(),
+            "the minimum is capped at the window"
+        );
         let mut w = RollingWindow::default();
         w.push(1.0, 5);
         assert!(w.baseline(3).is_none(), "still training");

@@ -50,8 +50,8 @@ impl P2Quantile {
             *pos += 1;
         }
         self.n = self.n.saturating_add(1);
-        for i in 1..4 {
-            let desired = 1.0 + (self.n - 1) as f64 * INCREMENTS[i];
+        for (i, increment) in INCREMENTS.iter().enumerate().take(4).skip(1) {
+            let desired = 1.0 + (self.n - 1) as f64 * increment;
             let d = desired - self.positions[i] as f64;
             let room_up = self.positions[i + 1] - self.positions[i] > 1;
             let room_down = self.positions[i] - self.positions[i - 1] > 1;

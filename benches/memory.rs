@@ -1,0 +1,79 @@
+//! Memory per tracked stage with default settings, measured with a counting allocator.
+//!
+//! `cargo bench --bench memory` creates 100,000 stages, runs each through enough buckets
+//! that every ring and sketch is allocated (history, z-score windows, three quality
+//! figures, open buckets), and reports live heap bytes per stage. Target: ≤ 16 KiB.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use pipewatch::config::Settings;
+use pipewatch::engine::{Engine, Outputs};
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const STAGES: usize = 100_000;
+const T0: i64 = 1_793_491_200_000;
+
+fn main() {
+    let mut settings = Settings::defaults();
+    settings.stages.max_tracked = STAGES;
+    let bucket_ms = settings.bucket_ms();
+    let buckets = 25; // past training (20), so every detector ring exists
+    let before = LIVE.load(Ordering::Relaxed);
+    let mut engine = Engine::new(&settings, false);
+    let mut out = Outputs::default();
+    let now = T0 + 86_400_000;
+    let mut line = Vec::with_capacity(512);
+    for b in 0..buckets {
+        for s in 0..STAGES {
+            let ts = T0 + b * bucket_ms + (s as i64 % 1000);
+            line.clear();
+            use std::io::Write;
+            write!(
+                line,
+                r#"{{"pipeline":"pipeline-{p}","stage":"stage-{s}","timestamp":{ts},"correlation_id":"run-{b}-{p}","records_in":{r},"records_out":{r},"errors":0,"records_rejected":1,"bytes":{by},"duration_ms":{d},"quality":{{"null_rate":0.01,"duplicate_rate":0.0,"schema_violations":0}}}}"#,
+                p = s % 97,
+                r = 1000 + b,
+                by = 100_000 + b,
+                d = 100 + b,
+            )
+            .unwrap();
+            engine.ingest(&line, now, &mut out);
+        }
+        out.alerts.clear();
+    }
+    let live = LIVE.load(Ordering::Relaxed) - before;
+    let per_stage = live as f64 / STAGES as f64;
+    println!(
+        "memory: {} stages tracked, {:.1} MiB live heap, {:.0} bytes per stage (target ≤ 16384); engine's own estimate {:.0} bytes per stage",
+        engine.tracked_stages(),
+        live as f64 / (1 << 20) as f64,
+        per_stage,
+        engine.stage_heap_bytes() as f64 / STAGES as f64
+    );
+    println!("stats: {:?}", engine.stats());
+}
