@@ -178,8 +178,12 @@ pub fn decode<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Event<'a>, R
             format!("{} bytes, limit {}", bytes.len(), limits.max_event_bytes),
         ));
     }
+    // One UTF-8 check of the whole message is cheaper than serde_json's check of every
+    // string in it, which `from_str` skips.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| reject(Reason::NotJson, None, format!("not UTF-8: {e}")))?;
     let mut rejection = None;
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let mut de = serde_json::Deserializer::from_str(text);
     let parsed = EventSeed {
         rejection: &mut rejection,
     }
@@ -524,6 +528,10 @@ fn wrong_type(field: &'static str, expected: &str, got: &Json) -> Rejection {
 fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), Rejection> {
     if s.is_empty() {
         return Err(reject(Reason::Empty, Some(field), "must not be empty"));
+    }
+    // Characters never outnumber bytes: count them only when the bytes exceed the limit.
+    if s.len() <= max {
+        return Ok(());
     }
     let chars = s.chars().count();
     if chars > max {

@@ -17,7 +17,7 @@ use hashbrown::HashTable;
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
-use crate::config::{Settings, SilenceSettings};
+use crate::config::{Direction, Settings, SilenceSettings};
 use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
@@ -612,6 +612,7 @@ fn forced_resolution(
         bucket_start: end_ms - factory.bucket_ms,
         bucket_end: end_ms,
         correlation_ids: &[],
+        upward_only: false,
     });
     alert.annotations.insert("note", note.to_string());
     alert
@@ -678,6 +679,12 @@ impl Closer<'_> {
             self.accept_new_level(stage, slot, end_ms, out);
             return;
         }
+        // Built-in metrics are never negative, so neither is the band shown for them; a
+        // quality figure may be, and is shown as computed.
+        let floor = match metric {
+            MetricName::Builtin(_) => 0.0,
+            MetricName::Quality(_) => f64::NEG_INFINITY,
+        };
         if self.emit_scores && !value.is_nan() {
             for j in self.judgements.iter() {
                 out.scores.push(ScoredBucket {
@@ -689,7 +696,7 @@ impl Closer<'_> {
                     bucket_end: end_ms,
                     value: Some(value),
                     expected: j.band.map(|b| b.expected),
-                    lower: j.band.map(|b| b.lower),
+                    lower: j.band.map(|b| b.lower.max(floor)),
                     upper: j.band.map(|b| b.upper),
                     score: j.band.and_then(|b| b.score),
                     anomalous: verdict.anomalous,
@@ -734,12 +741,13 @@ impl Closer<'_> {
                 detector: lead.detector.as_str(),
                 value,
                 expected: band.expected,
-                lower: band.lower,
+                lower: band.lower.max(floor),
                 upper: band.upper,
                 score,
                 bucket_start: start_ms,
                 bucket_end: end_ms,
                 correlation_ids: &bucket.correlation_ids,
+                upward_only: policy.direction == Direction::Up,
             });
             self.count(&notice);
             out.alerts.push(alert);
@@ -810,6 +818,7 @@ impl Closer<'_> {
             bucket_start: start_ms,
             bucket_end: end_ms,
             correlation_ids: &[],
+            upward_only: true,
         });
         self.count(&notice);
         out.alerts.push(alert);

@@ -67,6 +67,8 @@ pub struct AlertFacts<'a> {
     pub bucket_start: i64,
     pub bucket_end: i64,
     pub correlation_ids: &'a [Box<str>],
+    /// The metric alerts only upwards, so its summary states the upper bound alone.
+    pub upward_only: bool,
 }
 
 /// Builds alerts: holds what every alert shares.
@@ -251,8 +253,13 @@ fn summary(f: &AlertFacts, status: AlertStatus, bucket_ms: i64) -> String {
         _ if f.score < 0.0 => "fell to",
         _ => "rose to",
     };
+    let expected = if f.upward_only {
+        format!("up to {upper}")
+    } else {
+        format!("{lower}–{upper}")
+    };
     format!(
-        "{}/{} {what} {verb} {value} (expected {lower}–{upper})",
+        "{}/{} {what} {verb} {value} (expected {expected})",
         f.pipeline, f.stage
     )
 }
@@ -329,6 +336,7 @@ mod tests {
             bucket_start: 1_795_489_200_000,
             bucket_end: 1_795_489_260_000,
             correlation_ids: &ids,
+            upward_only: false,
         });
         assert_eq!(
             a.summary,

@@ -9,11 +9,18 @@ use statrs::statistics::Statistics;
 
 use super::Baseline;
 
+/// The last `window` normal values with their running mean and sum of squared
+/// deviations, so a baseline costs O(1) per bucket instead of a pass over the window.
 #[derive(Debug, Clone, Default)]
 pub struct RollingWindow {
     values: Box<[f64]>,
     len: usize,
     head: usize,
+    mean: f64,
+    /// Σ(x − mean)² over the held values (Welford).
+    m2: f64,
+    /// Pushes since the statistics were last computed exactly.
+    since_exact: usize,
 }
 
 impl RollingWindow {
@@ -23,9 +30,46 @@ impl RollingWindow {
         if self.values.is_empty() {
             self.values = vec![0.0; window.max(2) as usize].into_boxed_slice();
         }
+        if self.len == self.values.len() {
+            self.remove(self.values[self.head]);
+        }
         self.values[self.head] = x;
         self.head = (self.head + 1) % self.values.len();
-        self.len = (self.len + 1).min(self.values.len());
+        self.add(x);
+        // Sliding updates accumulate rounding error; recompute exactly once per window.
+        self.since_exact += 1;
+        if self.since_exact >= self.values.len() {
+            self.recompute();
+        }
+    }
+
+    fn add(&mut self, x: f64) {
+        self.len += 1;
+        let d = x - self.mean;
+        self.mean += d / self.len as f64;
+        self.m2 += d * (x - self.mean);
+    }
+
+    fn remove(&mut self, x: f64) {
+        self.len -= 1;
+        if self.len == 0 {
+            (self.mean, self.m2) = (0.0, 0.0);
+            return;
+        }
+        let d = x - self.mean;
+        self.mean -= d / self.len as f64;
+        self.m2 -= d * (x - self.mean);
+    }
+
+    fn recompute(&mut self) {
+        let held = &self.values[..self.len];
+        self.mean = held.mean();
+        self.m2 = if self.len > 1 {
+            held.variance() * (self.len - 1) as f64
+        } else {
+            0.0
+        };
+        self.since_exact = 0;
     }
 
     /// The baseline once `min_samples` normal values are held (at most the window).
@@ -34,10 +78,9 @@ impl RollingWindow {
         if self.len < needed {
             return None;
         }
-        let held = &self.values[..self.len];
-        let std_dev = held.std_dev();
+        let std_dev = (self.m2.max(0.0) / (self.len - 1) as f64).sqrt();
         Some(Baseline {
-            expected: held.mean(),
+            expected: self.mean,
             std_dev: if std_dev.is_finite() { std_dev } else { 0.0 },
         })
     }
@@ -68,5 +111,22 @@ mod tests {
         let mut w = RollingWindow::default();
         w.push(1.0, 5);
         assert!(w.baseline(3).is_none(), "still training");
+    }
+
+    #[test]
+    fn sliding_statistics_match_a_fresh_computation() {
+        let mut w = RollingWindow::default();
+        let xs: Vec<f64> = (0..1000)
+            .map(|i| 1e6 + ((i * 7919) % 101) as f64 * 3.5)
+            .collect();
+        for (i, &x) in xs.iter().enumerate() {
+            w.push(x, 60);
+            let held = &xs[i.saturating_sub(59)..=i];
+            if held.len() >= 2 {
+                let b = w.baseline(2).unwrap();
+                assert!((b.expected - held.mean()).abs() < 1e-6, "mean at {i}");
+                assert!((b.std_dev - held.std_dev()).abs() < 1e-6, "std at {i}");
+            }
+        }
     }
 }
