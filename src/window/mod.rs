@@ -75,13 +75,21 @@ impl Bucket {
         if event.status == Status::Failure {
             self.failures = self.failures.saturating_add(1);
         }
+        // A retried attempt is not its unit's outcome: its counts are summed as the
+        // schema says, but alone it gives the bucket no volume, or every retry that lands
+        // in a bucket before its success would read as a drop to zero.
+        let outcome = event.status != Status::Retry;
         if let Some(n) = event.records_out.or(event.records_in) {
             self.records = self.records.saturating_add(n);
-            self.seen |= seen::RECORDS;
+            if outcome {
+                self.seen |= seen::RECORDS;
+            }
         }
         if let Some(n) = event.bytes {
             self.bytes = self.bytes.saturating_add(n);
-            self.seen |= seen::BYTES;
+            if outcome {
+                self.seen |= seen::BYTES;
+            }
         }
         if let Some(n) = event.errors {
             self.errors = self.errors.saturating_add(n);
@@ -334,6 +342,25 @@ mod tests {
         assert_eq!(dense[Builtin::Records as usize], 0.0);
         assert!(dense[Builtin::Bytes as usize].is_nan(), "never reported");
         assert!(dense[Builtin::ErrorRate as usize].is_nan());
+    }
+
+    #[test]
+    fn a_bucket_of_retries_alone_has_no_volume() {
+        let mut b = Bucket::new(0);
+        let retry = event(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"status":"retry","records_out":0,"bytes":0,"errors":1}"#,
+        );
+        b.add(&retry, std::iter::empty(), 5);
+        let v = values(&b, false, Reported::default(), 7);
+        assert_eq!(v[Builtin::Events as usize], 1.0);
+        assert!(v[Builtin::Records as usize].is_nan());
+        assert!(v[Builtin::Bytes as usize].is_nan());
+        let done = event(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200001,"records_out":500,"bytes":10}"#,
+        );
+        b.add(&done, std::iter::empty(), 5);
+        let v = values(&b, false, Reported::default(), 7);
+        assert_eq!(v[Builtin::Records as usize], 500.0);
     }
 
     #[test]
