@@ -71,6 +71,15 @@ fn bench(c: &mut Criterion) {
                 .sum::<usize>()
         })
     });
+    let limits = pipewatch::decode::DecodeLimits::new(65_536, i64::MAX / 2, 0);
+    group.bench_function("decode_only", |b| {
+        b.iter(|| {
+            with_ids
+                .iter()
+                .map(|e| pipewatch::decode::decode(e, &limits).is_ok() as usize)
+                .sum::<usize>()
+        })
+    });
     group.bench_function("ingest_with_correlation_ids", |b| {
         b.iter_batched(
             || (),
