@@ -169,6 +169,12 @@ pub struct Tuning {
     pub zscore_window: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_relative_change: Option<f64>,
+    /// Overrides `min_relative_change` above the expected value only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_relative_rise: Option<f64>,
+    /// Overrides `min_relative_change` below the expected value only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_relative_fall: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_absolute_change: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -503,6 +509,8 @@ impl Tuning {
         positive("sensitivity", self.sensitivity)?;
         positive("critical_score", self.critical_score)?;
         non_negative("min_relative_change", self.min_relative_change)?;
+        non_negative("min_relative_rise", self.min_relative_rise)?;
+        non_negative("min_relative_fall", self.min_relative_fall)?;
         non_negative("min_absolute_change", self.min_absolute_change)?;
         if let Some(alpha) = self.ewma_alpha {
             if !(alpha > 0.0 && alpha <= 1.0) {

@@ -309,3 +309,48 @@ fn the_same_input_gives_the_same_output() {
     assert_eq!(a1, a2);
     assert_eq!(s1, s2);
 }
+
+#[test]
+fn overrides_change_what_alerts_for_the_stages_they_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pw.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[overrides]]
+stages = "p/muted"
+metrics = "records"
+enabled = false
+
+[[overrides]]
+stages = "p/strict"
+metrics = "records"
+min_relative_fall = 0.05
+"#,
+    )
+    .unwrap();
+    let settings = Settings::load_with_env(Some(&path), std::iter::empty()).unwrap();
+    let mut run = Run::new(&settings);
+    // the same 30% drop for half an hour on three stages, sending side by side
+    let mut ts = T0;
+    while ts < T0 + 180 * MIN {
+        let records = if (T0 + 120 * MIN..T0 + 150 * MIN).contains(&ts) {
+            700
+        } else {
+            1000
+        };
+        for stage in ["muted", "strict", "plain"] {
+            assert_eq!(run.feed(&event(stage, ts, records)), Outcome::Applied);
+        }
+        ts += 10_000;
+    }
+    run.finish();
+    let dropped = |stage: &str| {
+        run.alerts
+            .iter()
+            .any(|a| a.stage == stage && a.metric == "records" && a.kind == "throughput_drop")
+    };
+    assert!(!dropped("muted"), "disabled for this stage");
+    assert!(dropped("strict"), "a 5% fall floor lets a 30% drop through");
+    assert!(!dropped("plain"), "the default 50% floor does not");
+}

@@ -4,7 +4,8 @@
 //! baseline into a band and a score, so that detectors differ only in how they learn:
 //!
 //! * the band's half-width is `max(sensitivity·σ, min_absolute_change,
-//!   min_relative_change·|expected|)`, so tiny moves on a flat series never alert and a
+//!   min_relative_change·|expected|)` (the relative minimum may differ above and below:
+//!   `min_relative_rise`, `min_relative_fall`), so tiny moves on a flat series never alert and a
 //!   zero variance never divides by zero (on the log scale the two minimums become the
 //!   ratios `1 + min_relative_change` and `1 + min_absolute_change/expected`);
 //! * the score is `(value − expected) / (half-width / sensitivity)`: a signed z-score
@@ -57,26 +58,34 @@ pub struct Band {
 /// (in the metric's units); the band is reported in the metric's units.
 pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
     let Baseline { expected, std_dev } = baseline;
-    let floor = match policy.scale {
-        Scale::Linear => policy
-            .min_absolute_change
-            .max(policy.min_relative_change * expected.abs()),
-        Scale::Log => {
-            let level = policy.from_scale(expected).max(f64::MIN_POSITIVE);
-            policy
-                .min_relative_change
-                .ln_1p()
-                .max((policy.min_absolute_change / level).ln_1p())
-        }
+    // Half-widths above and below the expected value: they differ only when the minimum
+    // relative rise and fall do.
+    let half_width = |min_relative: f64| {
+        let floor = match policy.scale {
+            Scale::Linear => policy
+                .min_absolute_change
+                .max(min_relative * expected.abs()),
+            Scale::Log => {
+                let level = policy.from_scale(expected).max(f64::MIN_POSITIVE);
+                min_relative
+                    .ln_1p()
+                    .max((policy.min_absolute_change / level).ln_1p())
+            }
+        };
+        (policy.sensitivity * std_dev)
+            .max(floor)
+            // A flat series with both minimum changes at zero: any move is a real change,
+            // but the score must stay finite.
+            .max(f64::EPSILON * expected.abs().max(1.0))
     };
-    let half_width = (policy.sensitivity * std_dev)
-        .max(floor)
-        // A flat series with both minimum changes at zero: any move is a real change,
-        // but the score must stay finite.
-        .max(f64::EPSILON * expected.abs().max(1.0));
+    let (above, below) = (
+        half_width(policy.min_relative_rise),
+        half_width(policy.min_relative_fall),
+    );
     let score = (!value.is_nan()).then(|| {
-        let x = policy.to_scale(value);
-        ((x - expected) * policy.sensitivity / half_width).clamp(-MAX_ABS_SCORE, MAX_ABS_SCORE)
+        let deviation = policy.to_scale(value) - expected;
+        let half = if deviation >= 0.0 { above } else { below };
+        (deviation * policy.sensitivity / half).clamp(-MAX_ABS_SCORE, MAX_ABS_SCORE)
     });
     let (flagged, unusual) = match score {
         Some(z) => (
@@ -88,8 +97,8 @@ pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
     };
     Band {
         expected: policy.from_scale(expected),
-        lower: policy.from_scale(expected - half_width),
-        upper: policy.from_scale(expected + half_width),
+        lower: policy.from_scale(expected - below),
+        upper: policy.from_scale(expected + above),
         score,
         flagged,
         unusual,
@@ -247,7 +256,7 @@ mod tests {
     fn band_rule_by_hand() {
         let mut p = policy();
         p.sensitivity = 3.0;
-        p.min_relative_change = 0.1;
+        (p.min_relative_rise, p.min_relative_fall) = (0.1, 0.1);
         p.min_absolute_change = 0.0;
         // σ dominates: half-width 3·10 = 30
         let b = band(
@@ -287,11 +296,39 @@ mod tests {
     }
 
     #[test]
+    fn rise_and_fall_floors_make_an_asymmetric_band() {
+        let mut p = policy();
+        p.sensitivity = 3.0;
+        p.min_absolute_change = 0.0;
+        (p.min_relative_rise, p.min_relative_fall) = (1.0, 0.2);
+        let b = band(
+            &p,
+            Baseline {
+                expected: 100.0,
+                std_dev: 1.0,
+            },
+            150.0,
+        );
+        assert_eq!((b.lower, b.upper), (80.0, 200.0));
+        assert!(!b.flagged, "+50% is within a 100% rise");
+        let b = band(
+            &p,
+            Baseline {
+                expected: 100.0,
+                std_dev: 1.0,
+            },
+            75.0,
+        );
+        assert!(b.flagged, "-25% is beyond a 20% fall");
+        assert!((b.score.unwrap() + 3.75).abs() < 1e-12);
+    }
+
+    #[test]
     fn log_scale_bands_are_ratios() {
         let mut p = policy();
         p.scale = Scale::Log;
         p.sensitivity = 3.0;
-        p.min_relative_change = 0.5;
+        (p.min_relative_rise, p.min_relative_fall) = (0.5, 0.5);
         p.min_absolute_change = 0.0;
         // expected 99 in units: ln(100) in detector units; σ small, so the ×1.5 floor rules
         let b = band(
@@ -331,7 +368,7 @@ mod tests {
     fn zero_variance_flat_series() {
         let mut p = policy();
         p.sensitivity = 3.0;
-        p.min_relative_change = 0.0;
+        (p.min_relative_rise, p.min_relative_fall) = (0.0, 0.0);
         p.min_absolute_change = 0.01;
         // error rate flat at 0: 0.5 points is within the minimum change, 2 points is not
         let b = band(
@@ -380,7 +417,7 @@ mod tests {
     fn combine_all_needs_every_detector() {
         let mut p = policy();
         p.training_buckets = 3;
-        p.min_relative_change = 0.0;
+        (p.min_relative_rise, p.min_relative_fall) = (0.0, 0.0);
         p.min_absolute_change = 0.0;
         let mut state = DetectorState::default();
         for x in [10.0, 11.0, 9.0, 10.0, 10.5, 9.5] {

@@ -22,7 +22,9 @@ pub struct Policy {
     pub training_buckets: u32,
     pub ewma_alpha: f64,
     pub zscore_window: u32,
-    pub min_relative_change: f64,
+    /// `min_relative_change` above and below the expected value.
+    pub min_relative_rise: f64,
+    pub min_relative_fall: f64,
     pub min_absolute_change: f64,
     pub relearn_after: u32,
 }
@@ -61,7 +63,13 @@ impl Policy {
             self.zscore_window = v;
         }
         if let Some(v) = t.min_relative_change {
-            self.min_relative_change = v;
+            (self.min_relative_rise, self.min_relative_fall) = (v, v);
+        }
+        if let Some(v) = t.min_relative_rise {
+            self.min_relative_rise = v;
+        }
+        if let Some(v) = t.min_relative_fall {
+            self.min_relative_fall = v;
         }
         if let Some(v) = t.min_absolute_change {
             self.min_absolute_change = v;
@@ -123,7 +131,8 @@ impl PolicyBook {
             training_buckets: d.training_buckets,
             ewma_alpha: d.ewma_alpha,
             zscore_window: d.zscore_window,
-            min_relative_change: d.min_relative_change,
+            min_relative_rise: d.min_relative_change,
+            min_relative_fall: d.min_relative_change,
             min_absolute_change: d.min_absolute_change,
             relearn_after: d.relearn_after,
         };
@@ -202,6 +211,7 @@ mod tests {
 direction = "up"
 [metrics."quality.completeness"]
 direction = "down"
+min_relative_fall = 0.1
 [[overrides]]
 stages = "billing/*"
 metrics = "records"
@@ -218,6 +228,8 @@ enabled = false
         assert_eq!(book.get(p).direction, Direction::Up);
         let p = book.resolve("orders/load", "quality.completeness");
         assert_eq!(book.get(p).direction, Direction::Down, "exact beats glob");
+        assert_eq!(book.get(p).min_relative_rise, 0.5, "from the glob table");
+        assert_eq!(book.get(p).min_relative_fall, 0.1, "rise and fall apart");
         let p = book.resolve("billing/transform", "records");
         assert_eq!(book.get(p).sensitivity, 5.0);
         assert!(book.get(p).enabled);
