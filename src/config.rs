@@ -340,6 +340,48 @@ impl Settings {
                 "a duration no longer than window.bucket x window.buckets",
             ));
         }
+        // Durations are used as i64 milliseconds; bounding them keeps that exact and
+        // keeps nonsense (a 300,000,000-year timeout) out.
+        let day = Duration::from_secs(86_400);
+        let within = |key: &str, value: Duration, min: Duration, max: Duration, expected: &str| {
+            if value < min || value > max {
+                Err(invalid(
+                    key,
+                    humantime::format_duration(value).to_string(),
+                    expected,
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        within(
+            "input.max_future_skew",
+            self.input.max_future_skew,
+            Duration::ZERO,
+            7 * day,
+            "a duration up to 7d",
+        )?;
+        within(
+            "stages.idle_timeout",
+            self.stages.idle_timeout,
+            w.bucket * 2,
+            365 * day,
+            "a duration from two buckets to 365d",
+        )?;
+        within(
+            "alerts.repeat_interval",
+            self.alerts.repeat_interval,
+            Duration::ZERO,
+            365 * day,
+            "a duration up to 365d",
+        )?;
+        within(
+            "silence.min_silence",
+            self.silence.min_silence,
+            Duration::ZERO,
+            30 * day,
+            "a duration up to 30d",
+        )?;
         if !(256..=16 << 20).contains(&self.input.max_event_bytes) {
             return Err(invalid(
                 "input.max_event_bytes",

@@ -22,6 +22,12 @@ pub const MAX_UPSTREAM: usize = 64;
 pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_ATTRIBUTE_LEN: usize = 1024;
 
+/// Largest magnitude accepted for a quality figure, and largest `duration_ms` (31 years).
+/// JSON cannot carry NaN or infinity, but it can carry 1e300, whose square overflows a
+/// detector's variance to infinity and blinds it for good.
+pub const MAX_FIGURE: f64 = 1e15;
+pub const MAX_DURATION_MS: f64 = 1e12;
+
 /// Epoch milliseconds accepted as event time: 2000-01-01 to 2200-01-01. Anything outside
 /// is a producer bug, and keeping it out keeps bucket arithmetic far from overflow.
 const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
@@ -65,7 +71,6 @@ pub enum Reason {
     DuplicateField,
     WrongType,
     NegativeCount,
-    NotFinite,
     OutOfRange,
     Empty,
     TooLong,
@@ -76,7 +81,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 14] = [
         Reason::TooLarge,
         Reason::NotJson,
         Reason::NotObject,
@@ -84,7 +89,6 @@ impl Reason {
         Reason::DuplicateField,
         Reason::WrongType,
         Reason::NegativeCount,
-        Reason::NotFinite,
         Reason::OutOfRange,
         Reason::Empty,
         Reason::TooLong,
@@ -103,7 +107,6 @@ impl Reason {
             Reason::DuplicateField => "duplicate_field",
             Reason::WrongType => "wrong_type",
             Reason::NegativeCount => "negative_count",
-            Reason::NotFinite => "not_finite",
             Reason::OutOfRange => "out_of_range",
             Reason::Empty => "empty",
             Reason::TooLong => "too_long",
@@ -590,8 +593,12 @@ fn number(field: &'static str, v: &Json) -> Result<f64, Rejection> {
         Json::Float(x) => x,
         ref other => return Err(wrong_type(field, "a number", other)),
     };
-    if !x.is_finite() {
-        return Err(reject(Reason::NotFinite, Some(field), "not finite"));
+    if x.abs() > MAX_FIGURE {
+        return Err(reject(
+            Reason::OutOfRange,
+            Some(field),
+            format!("{x} is beyond ±{MAX_FIGURE:e}"),
+        ));
     }
     Ok(x)
 }
@@ -606,6 +613,13 @@ fn duration(v: Json) -> Result<Option<f64>, Rejection> {
             Reason::NegativeCount,
             Some("duration_ms"),
             format!("{x} is below 0"),
+        ));
+    }
+    if x > MAX_DURATION_MS {
+        return Err(reject(
+            Reason::OutOfRange,
+            Some("duration_ms"),
+            format!("{x} is beyond {MAX_DURATION_MS:e} ms"),
         ));
     }
     Ok(Some(x))
@@ -709,7 +723,10 @@ fn upstream(v: Json<'_>) -> Result<Option<Vec<Cow<'_, str>>>, Rejection> {
     }
     items
         .into_iter()
-        .map(|item| name("upstream", item, MAX_NAME_LEN))
+        .map(|item| match item {
+            Json::Null => Err(wrong_type("upstream", "an array of stage names", &item)),
+            item => name("upstream", item, MAX_NAME_LEN),
+        })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }

@@ -23,7 +23,7 @@ use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
-use crate::window::{Bucket, History, Reported};
+use crate::window::{Bucket, Reported};
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +120,6 @@ struct Stage {
     stage: Box<str>,
     /// Open buckets, oldest first; at most lateness/width + 2 of them.
     open: Vec<Bucket>,
-    history: History,
     series: Vec<Series>,
     quality_names: Vec<Box<str>>,
     reported: Reported,
@@ -147,7 +146,7 @@ impl Stage {
         self.pipeline.len()
             + self.stage.len()
             + self.open.capacity() * std::mem::size_of::<Bucket>()
-            + self.history.heap_bytes()
+            + self.open.iter().map(Bucket::heap_bytes).sum::<usize>()
             + self.series.capacity() * std::mem::size_of::<Series>()
             + self
                 .series
@@ -209,7 +208,6 @@ struct Closer<'a> {
     bucket_ms: i64,
     emit_scores: bool,
     values: &'a mut Vec<f64>,
-    anomalous: &'a mut Vec<bool>,
     judgements: &'a mut Vec<Judgement>,
     stats: &'a mut Stats,
 }
@@ -240,7 +238,6 @@ pub struct Engine {
     stats: Stats,
 
     values: Vec<f64>,
-    anomalous: Vec<bool>,
     judgements: Vec<Judgement>,
     quality_buf: Vec<(u16, f64)>,
 }
@@ -275,7 +272,6 @@ impl Engine {
             recent_ids: RecentIds::new(settings.input.dedup_capacity),
             stats: Stats::default(),
             values: Vec::new(),
-            anomalous: Vec::new(),
             judgements: Vec::new(),
             quality_buf: Vec::new(),
         }
@@ -351,24 +347,21 @@ impl Engine {
     }
 
     /// Live mode, when the consumer is idle (caught up, nothing arriving): lets the wall
-    /// clock move event time to `now − allowed_lateness`, so buckets close and silence is
-    /// found even when every stream has stopped. A driver catching up on a backlog must
-    /// not call this: the backlog's own event time rules there.
+    /// clock move event time to now, so buckets close (at their end plus the lateness, as
+    /// in replay) and silence is found even when every stream has stopped. A driver
+    /// catching up on a backlog must not call this: the backlog's own event time rules.
     pub fn advance_clock(&mut self, now_ms: i64, out: &mut Outputs) {
-        if self.watermark_ms.is_none() {
-            return;
-        }
-        let target = now_ms - self.lateness_ms;
-        if target > self.watermark_ms.unwrap_or(i64::MIN) {
-            self.advance_watermark(target, out);
+        if self.watermark_ms.is_some_and(|wm| now_ms > wm) {
+            self.advance_watermark(now_ms, out);
         }
     }
 
-    /// End of a finite input (replay): closes every bucket that holds data, without
-    /// inventing time beyond the last event.
+    /// End of a finite input (replay): closes every bucket that is complete, without
+    /// inventing time beyond the last event. The bucket the input ends in is partial:
+    /// scoring it would read a healthy stage's last seconds as a drop.
     pub fn finish(&mut self, out: &mut Outputs) {
         if let Some(wm) = self.watermark_ms {
-            let last = wm.div_euclid(self.bucket_ms);
+            let last = (wm + 1).div_euclid(self.bucket_ms) - 1;
             while self.closed_through < last {
                 self.closed_through += 1;
                 self.close_bucket(self.closed_through, out);
@@ -413,7 +406,6 @@ impl Engine {
             pipeline: Box::from(&*event.pipeline),
             stage: Box::from(&*event.stage),
             open: Vec::with_capacity(2),
-            history: History::new(self.history_len, BUILTIN_SLOTS),
             series,
             quality_names: Vec::new(),
             reported: Reported::default(),
@@ -467,7 +459,6 @@ impl Engine {
             .resolve(&stage.path(), &MetricName::Quality(name).to_string());
         let stage = &mut self.stages[index];
         stage.quality_names.push(Box::from(name));
-        stage.history.add_slot();
         stage.series.push(Series {
             policy,
             detectors: DetectorState::default(),
@@ -508,7 +499,6 @@ impl Engine {
             bucket_ms: self.bucket_ms,
             emit_scores: self.emit_scores,
             values: &mut self.values,
-            anomalous: &mut self.anomalous,
             judgements: &mut self.judgements,
             stats: &mut self.stats,
         };
@@ -528,7 +518,7 @@ impl Engine {
     /// Forgets stage `i`. Its firing alerts are resolved, as Prometheus resolves the
     /// alerts of a series that disappears, so no subscriber keeps a ghost alert.
     fn evict(&mut self, i: usize, end_ms: i64, out: &mut Outputs) {
-        let stage = self.stages.swap_remove(i);
+        let mut stage = self.stages.swap_remove(i);
         let hash = self.hasher.hash_one((&*stage.pipeline, &*stage.stage));
         if let Ok(entry) = self.index.find_entry(hash, |&j| j as usize == i) {
             entry.remove();
@@ -541,12 +531,44 @@ impl Engine {
             }
         }
         self.stats.stages_evicted += 1;
-        let mut firing: Vec<(AlertKind, String, Notice)> = Vec::new();
+        let all_slots = 0..stage.series.len();
+        stop_judging(
+            &mut stage,
+            all_slots,
+            true,
+            end_ms,
+            "the stage sent nothing for stages.idle_timeout and is no longer tracked",
+            &self.factory,
+            &mut self.stats,
+            out,
+        );
+    }
+}
+
+/// Ends the judging of some of a stage's series (and of its silence, with `silence`):
+/// every lifecycle returns to idle, and each firing alert is resolved with `note` as
+/// its summary. This is not the condition ending but pipewatch ceasing to judge it (the
+/// stage was forgotten, or the detectors accepted a new level), so the resolution has no
+/// value or band (nulls) and detector "none"; without it a subscriber would keep a ghost
+/// alert firing for ever.
+#[allow(clippy::too_many_arguments)]
+fn stop_judging(
+    stage: &mut Stage,
+    slots: std::ops::Range<usize>,
+    silence: bool,
+    end_ms: i64,
+    note: &str,
+    factory: &AlertFactory,
+    stats: &mut Stats,
+    out: &mut Outputs,
+) {
+    let mut firing: Vec<(AlertKind, String, Notice)> = Vec::new();
+    if silence {
         if let Track::Firing {
             started_ms,
             severity,
             ..
-        } = stage.silence
+        } = std::mem::take(&mut stage.silence)
         {
             firing.push((
                 AlertKind::Silence,
@@ -554,68 +576,48 @@ impl Engine {
                 resolved(started_ms, end_ms, severity),
             ));
         }
-        for (slot, series) in stage.series.iter().enumerate() {
-            for (side, track) in series.tracks.iter().enumerate() {
-                if let Track::Firing {
-                    started_ms,
-                    severity,
-                    ..
-                } = *track
-                {
-                    let metric = metric_name(&stage.quality_names, slot);
-                    firing.push((
-                        AlertKind::of(metric, side == 1),
-                        metric.to_string(),
-                        resolved(started_ms, end_ms, severity),
-                    ));
-                }
+    }
+    for slot in slots {
+        let metric = metric_name(&stage.quality_names, slot);
+        for side in 0..2 {
+            let track = std::mem::take(&mut stage.series[slot].tracks[side]);
+            if let Track::Firing {
+                started_ms,
+                severity,
+                ..
+            } = track
+            {
+                firing.push((
+                    AlertKind::of(metric, side == 1),
+                    metric.to_string(),
+                    resolved(started_ms, end_ms, severity),
+                ));
             }
         }
-        for (kind, metric, notice) in firing {
-            let alert = forced_resolution(
-                &self.factory,
-                &stage,
-                (kind, &metric),
-                notice,
-                end_ms,
-                "the stage sent nothing for stages.idle_timeout and is no longer tracked",
-            );
-            self.stats.alerts_resolved += 1;
-            out.alerts.push(alert);
-        }
     }
-}
-
-/// A resolution that is not the condition ending but pipewatch ceasing to judge it (the
-/// stage was forgotten, or the detectors accepted a new level). It carries no value or
-/// band, and a note saying why, so no subscriber keeps a ghost alert.
-fn forced_resolution(
-    factory: &AlertFactory,
-    stage: &Stage,
-    (kind, metric): (AlertKind, &str),
-    notice: Notice,
-    end_ms: i64,
-    note: &str,
-) -> Alert {
-    let mut alert = factory.build(&AlertFacts {
-        notice,
-        kind,
-        pipeline: &stage.pipeline,
-        stage: &stage.stage,
-        metric,
-        detector: "none",
-        value: f64::NAN,
-        expected: f64::NAN,
-        lower: f64::NAN,
-        upper: f64::NAN,
-        score: f64::NAN,
-        bucket_start: end_ms - factory.bucket_ms,
-        bucket_end: end_ms,
-        correlation_ids: &[],
-        upward_only: false,
-    });
-    alert.annotations.insert("note", note.to_string());
-    alert
+    for (kind, metric, notice) in firing {
+        let mut alert = factory.build(&AlertFacts {
+            notice,
+            kind,
+            pipeline: &stage.pipeline,
+            stage: &stage.stage,
+            metric: &metric,
+            detector: "none",
+            value: f64::NAN,
+            expected: f64::NAN,
+            lower: f64::NAN,
+            upper: f64::NAN,
+            score: f64::NAN,
+            bucket_start: end_ms - factory.bucket_ms,
+            bucket_end: end_ms,
+            correlation_ids: &[],
+            upward_only: false,
+        });
+        alert.summary = format!("{}/{} {metric}: {note}", stage.pipeline, stage.stage);
+        alert.annotations.insert("note", note.to_string());
+        stats.alerts_resolved += 1;
+        out.alerts.push(alert);
+    }
 }
 
 fn resolved(started_ms: i64, ended_ms: i64, severity: Severity) -> Notice {
@@ -637,8 +639,6 @@ impl Closer<'_> {
         bucket.note_reported(&mut stage.reported);
         let slots = stage.series.len();
         self.values.resize(slots, f64::NAN);
-        self.anomalous.clear();
-        self.anomalous.resize(slots, false);
         let dense = stage
             .gaps
             .is_dense(self.bucket_ms, self.silence.training_gaps);
@@ -648,7 +648,6 @@ impl Closer<'_> {
             for slot in 0..slots {
                 self.score(stage, slot, &bucket, start_ms, end_ms, out);
             }
-            stage.history.push(b, self.values, self.anomalous);
         }
         if self.silence.enabled {
             self.judge_silence(stage, start_ms, end_ms, out);
@@ -670,15 +669,14 @@ impl Closer<'_> {
         let series = &stage.series[slot];
         let policy = self.policies.get(series.policy);
         let verdict = detect::judge(policy, &series.detectors, value, self.judgements);
-        self.anomalous[slot] = verdict.unusual;
+        let band = verdict
+            .lead
+            .and_then(|j| j.band)
+            .map(|b| (b.lower, b.upper));
         let relearned = stage.series[slot]
             .detectors
-            .learn(policy, value, verdict.unusual);
+            .learn(policy, value, verdict.unusual, band);
         let metric = metric_name(&stage.quality_names, slot);
-        if relearned {
-            self.accept_new_level(stage, slot, end_ms, out);
-            return;
-        }
         // Built-in metrics are never negative, so neither is the band shown for them; a
         // quality figure may be, and is shown as computed.
         let floor = match metric {
@@ -705,6 +703,20 @@ impl Closer<'_> {
                 });
             }
         }
+        if relearned {
+            stop_judging(
+                stage,
+                slot..slot + 1,
+                false,
+                end_ms,
+                "the value stayed outside its band for detection.relearn_after buckets; \
+                 the detectors now learn this level as normal",
+                self.factory,
+                self.stats,
+                out,
+            );
+            return;
+        }
         if !policy.enabled {
             return;
         }
@@ -718,20 +730,18 @@ impl Closer<'_> {
         let above = score > 0.0;
         let throughput = matches!(metric, MetricName::Builtin(b) if b.is_throughput());
         let severity = Severity::from_score(score, policy.critical_score);
+        // Throughput has a drop track (0) and a spike track (1); other metrics one track.
         for side in 0..if throughput { 2 } else { 1 } {
-            let observation = match verdict.anomalous && (!throughput || above == (side == 1)) {
-                true => Observation::Anomalous(severity),
-                false => Observation::Normal,
+            let observation = if verdict.anomalous && (!throughput || above == (side == 1)) {
+                Observation::Anomalous(severity)
+            } else {
+                Observation::Normal
             };
             let track = &mut stage.series[slot].tracks[side];
             let Some(notice) = track.observe(observation, start_ms, end_ms, self.rules) else {
                 continue;
             };
-            let kind = if throughput {
-                AlertKind::of(metric, side == 1)
-            } else {
-                AlertKind::of(metric, above)
-            };
+            let kind = AlertKind::of(metric, side == 1);
             let alert = self.factory.build(&AlertFacts {
                 notice,
                 kind,
@@ -751,37 +761,6 @@ impl Closer<'_> {
             });
             self.count(&notice);
             out.alerts.push(alert);
-        }
-    }
-
-    /// The detectors of `slot` have just accepted a new level: its firing alerts end.
-    fn accept_new_level(&mut self, stage: &mut Stage, slot: usize, end_ms: i64, out: &mut Outputs) {
-        let metric = metric_name(&stage.quality_names, slot);
-        let mut notices = Vec::new();
-        for side in 0..2 {
-            if let Track::Firing {
-                started_ms,
-                severity,
-                ..
-            } = stage.series[slot].tracks[side]
-            {
-                stage.series[slot].tracks[side] = Track::Idle;
-                let kind = AlertKind::of(metric, side == 1);
-                notices.push((kind, resolved(started_ms, end_ms, severity)));
-            }
-        }
-        let name = metric.to_string();
-        for (kind, notice) in notices {
-            out.alerts.push(forced_resolution(
-                self.factory,
-                stage,
-                (kind, &name),
-                notice,
-                end_ms,
-                "the value stayed outside its band for detection.relearn_after buckets; \
-                 the detectors now learn this level as normal",
-            ));
-            self.stats.alerts_resolved += 1;
         }
     }
 

@@ -77,17 +77,6 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 8] = [
-        AlertKind::ThroughputDrop,
-        AlertKind::ThroughputSpike,
-        AlertKind::Silence,
-        AlertKind::ErrorRate,
-        AlertKind::FailureRate,
-        AlertKind::RejectedRate,
-        AlertKind::Latency,
-        AlertKind::Quality,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::ThroughputDrop => "throughput_drop",

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::{Engine, Outcome, Outputs, Stats};
 use crate::sink::ndjson::NdjsonWriter;
@@ -61,12 +60,15 @@ pub fn run(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<Stats> {
     let mut engine = Engine::new(settings, scores.is_some());
     let mut reader = LineReader::new(input, settings.input.max_event_bytes);
     let mut out = Outputs::default();
-    let clock = SystemClock;
+    // Replay judges history by its own event time: comparing timestamps with today's
+    // clock would make the output depend on when it runs. The decoder's year-2200 bound
+    // and the engine's cap on empty buckets after a jump still contain a wild timestamp.
+    let no_wall_clock = i64::MAX;
     while let Some((line_number, line)) = reader
         .next_line()
         .with_context(|| format!("reading {}", args.input.display()))?
     {
-        if let Outcome::Invalid(rejection) = engine.ingest(line, clock.now_ms(), &mut out) {
+        if let Outcome::Invalid(rejection) = engine.ingest(line, no_wall_clock, &mut out) {
             tracing::debug!(line = line_number, %rejection, "invalid event");
             if let Some(dead) = dead.as_mut() {
                 let text = String::from_utf8_lossy(&line[..line.len().min(1024)]).into_owned();

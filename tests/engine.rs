@@ -80,7 +80,11 @@ fn out_of_order_events_land_in_their_bucket_and_late_ones_are_dropped() {
     run.feed(&event("s", T0 + 90_000, 64)); // watermark passes 60 s + 30 s: bucket 0 closes
     assert_eq!(run.feed(&event("s", T0 + 59_000, 128)), Outcome::Late);
     assert_eq!(run.engine.stats().late, 1);
+    // another stage moves time past bucket 1; the input's last bucket is partial and
+    // finish() leaves it unscored
+    run.feed(&event("other", T0 + 2 * MIN + 30_000, 1));
     run.finish();
+    assert_eq!(run.value("other", "records", T0 + 2 * MIN), None);
     assert_eq!(run.value("s", "records", T0), Some(1.0 + 4.0 + 32.0));
     assert_eq!(
         run.value("s", "records", T0 + MIN),
@@ -238,6 +242,7 @@ fn duplicate_deliveries_are_counted_once() {
     let e = r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"event_id":"e-1","records_out":5}"#;
     assert_eq!(run.feed(e), Outcome::Applied);
     assert_eq!(run.feed(e), Outcome::Duplicate);
+    run.feed(&event("other", T0 + 2 * MIN, 1)); // closes bucket 0
     run.finish();
     assert_eq!(run.value("s", "records", T0), Some(5.0));
 }
@@ -353,4 +358,123 @@ min_relative_fall = 0.05
     assert!(!dropped("muted"), "disabled for this stage");
     assert!(dropped("strict"), "a 5% fall floor lets a 30% drop through");
     assert!(!dropped("plain"), "the default 50% floor does not");
+}
+
+fn quality_event(stage: &str, ts: i64, completeness: f64) -> String {
+    format!(
+        r#"{{"pipeline":"p","stage":"{stage}","timestamp":{ts},"quality":{{"completeness":{completeness}}}}}"#
+    )
+}
+
+#[test]
+fn one_extreme_value_does_not_blind_a_metric() {
+    let settings = Settings::defaults();
+    let mut run = Run::new(&settings);
+    let spike_at = T0 + 60 * MIN;
+    let jump_from = T0 + 120 * MIN;
+    let mut ts = T0;
+    while ts < T0 + 130 * MIN {
+        let c = if (spike_at..spike_at + 10_000).contains(&ts) {
+            1e14 // in range for the decoder, absurd for the metric
+        } else if ts >= jump_from {
+            5.0
+        } else {
+            0.9 + (ts / 10_000 % 3) as f64 * 0.01
+        };
+        assert_eq!(run.feed(&quality_event("s", ts, c)), Outcome::Applied);
+        ts += 10_000;
+    }
+    run.finish();
+    let quality: Vec<&Alert> = run.alerts.iter().filter(|a| a.kind == "quality").collect();
+    assert!(
+        quality.iter().any(|a| a.bucket_start == spike_at),
+        "{quality:#?}"
+    );
+    assert!(
+        quality
+            .iter()
+            .any(|a| a.bucket_start == jump_from && a.status == AlertStatus::Firing),
+        "the jump an hour later is still seen: {quality:#?}"
+    );
+    let all_finite = run.scores.iter().all(|s| {
+        [s.value, s.expected, s.lower, s.upper, s.score]
+            .iter()
+            .all(|x| x.is_none_or(f64::is_finite))
+    });
+    assert!(all_finite);
+}
+
+#[test]
+fn the_partial_bucket_an_input_ends_in_is_not_scored() {
+    let settings = Settings::defaults();
+    let mut run = Run::new(&settings);
+    // a healthy stage whose input stops 10 s into a bucket
+    steady(&mut run, "s", T0, T0 + 120 * MIN + 10_000, |_| 1000);
+    run.finish();
+    assert!(run.alerts.is_empty(), "{:#?}", run.alerts);
+    assert_eq!(run.value("s", "records", T0 + 119 * MIN), Some(6000.0));
+    assert_eq!(run.value("s", "records", T0 + 120 * MIN), None);
+}
+
+#[test]
+fn forced_resolutions_say_why_and_relearning_keeps_its_scores() {
+    let mut settings = Settings::defaults();
+    settings.detection.relearn_after = 10;
+    settings.stages.idle_timeout = std::time::Duration::from_secs(3600);
+    let mut run = Run::new(&settings);
+    // "s" doubles for good; "gone" stops sending while a drop alert fires on it
+    let mut ts = T0;
+    while ts < T0 + 200 * MIN {
+        let doubled = ts >= T0 + 60 * MIN;
+        run.feed(&event("s", ts, if doubled { 2000 } else { 1000 }));
+        if ts < T0 + 60 * MIN {
+            run.feed(&event(
+                "gone",
+                ts + 1,
+                if ts >= T0 + 55 * MIN { 10 } else { 1000 },
+            ));
+        }
+        ts += 10_000;
+    }
+    run.finish();
+    let relearnt: Vec<&Alert> = run
+        .alerts
+        .iter()
+        .filter(|a| a.stage == "s" && a.status == AlertStatus::Resolved && a.detector == "none")
+        .collect();
+    assert!(!relearnt.is_empty(), "{:#?}", run.alerts);
+    assert!(
+        relearnt[0].summary.contains("relearn_after"),
+        "{}",
+        relearnt[0].summary
+    );
+    // every closed bucket of "s" has its score lines, the relearning one included
+    let buckets = |detector: &str| {
+        run.scores
+            .iter()
+            .filter(|r| r.stage == "s" && r.metric == "records" && r.detector == detector)
+            .count()
+    };
+    assert_eq!(buckets("ewma"), 199);
+    assert_eq!(buckets("zscore"), 199);
+    let evicted: Vec<&Alert> = run
+        .alerts
+        .iter()
+        .filter(|a| a.stage == "gone" && a.status == AlertStatus::Resolved)
+        .collect();
+    assert!(!evicted.is_empty(), "{:#?}", run.alerts);
+    // its drop alerts were relearnt first (relearn_after = 10); the silence alert was
+    // still firing when the stage was forgotten
+    let silence = evicted
+        .iter()
+        .find(|a| a.kind == "silence")
+        .expect("silence resolved");
+    assert!(
+        silence.summary.contains("no longer tracked"),
+        "{}",
+        silence.summary
+    );
+    assert!(!evicted
+        .iter()
+        .any(|a| a.summary.contains("sending events again")));
 }

@@ -1,7 +1,7 @@
 //! The alert lifecycle of one (stage, metric, kind): pending → firing → resolved.
 //!
 //! An alert fires after `for` consecutive anomalous buckets and resolves after
-//! `resolve_after` consecutive normal ones; a bucket without a value changes nothing.
+//! `resolve_after` consecutive normal ones; a bucket without a value is not observed.
 //! While firing it is notified again only when `repeat_interval` has passed (event time)
 //! or when its severity rises, so a long outage is one alert, not one per bucket.
 
@@ -30,12 +30,12 @@ impl Severity {
     }
 }
 
-/// What one closed bucket said about the tracked condition.
+/// What one closed bucket said about the tracked condition. A bucket without a value
+/// says nothing and is not observed at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observation {
     Anomalous(Severity),
     Normal,
-    NoData,
 }
 
 /// The lifecycle rules, in buckets and milliseconds.
@@ -88,10 +88,6 @@ pub enum Track {
 }
 
 impl Track {
-    pub fn is_firing(&self) -> bool {
-        matches!(self, Track::Firing { .. })
-    }
-
     /// Feeds one bucket `[start_ms, end_ms)`; returns the notification to send, if any.
     pub fn observe(
         &mut self,
@@ -101,7 +97,6 @@ impl Track {
         rules: &Rules,
     ) -> Option<Notice> {
         match (*self, observation) {
-            (_, Observation::NoData) => None,
             (Track::Idle, Observation::Normal) => None,
             (Track::Pending { .. }, Observation::Normal) => {
                 *self = Track::Idle;
@@ -263,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    fn for_needs_consecutive_buckets_and_nodata_is_neutral() {
+    fn for_needs_consecutive_buckets() {
         let n = run(
             rules(3, 1, 60),
             &[
@@ -271,7 +266,6 @@ mod tests {
                 Anomalous(Warning),
                 Normal,
                 Anomalous(Warning),
-                NoData,
                 Anomalous(Warning),
                 Anomalous(Warning),
             ],
@@ -279,9 +273,9 @@ mod tests {
         assert_eq!(
             n,
             vec![(
-                6,
+                5,
                 Notice::Firing {
-                    started_ms: 7 * B,
+                    started_ms: 6 * B,
                     severity: Warning
                 }
             )]
@@ -316,7 +310,6 @@ mod tests {
                 Normal,
                 Anomalous(Warning),
                 Normal,
-                NoData,
                 Normal,
             ],
         );
@@ -324,7 +317,7 @@ mod tests {
         assert_eq!(
             n[1],
             (
-                5,
+                4,
                 Notice::Resolved {
                     started_ms: B,
                     ended_ms: 3 * B,

@@ -19,9 +19,12 @@ impl Ewma {
         let a = alpha.max(1.0 / (self.n as f64 + 1.0));
         let diff = x - self.mean;
         let incr = a * diff;
-        self.mean += incr;
-        self.var = (1.0 - a) * (self.var + diff * incr);
-        self.n = self.n.saturating_add(1);
+        let (mean, var) = (self.mean + incr, (1.0 - a) * (self.var + diff * incr));
+        // A state that is not finite would blind the detector for good: refuse the value.
+        if mean.is_finite() && var.is_finite() {
+            (self.mean, self.var) = (mean, var);
+            self.n = self.n.saturating_add(1);
+        }
     }
 
     pub fn count(&self) -> u32 {

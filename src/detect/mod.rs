@@ -200,18 +200,27 @@ impl DetectorState {
     /// the new normal. Two exceptions keep the baselines honest:
     ///
     /// * an unusual value that lasted a single bucket, between normal ones, was noise: it
-    ///   is learnt once its successor turns out normal. Keeping such blips out too would
-    ///   cut the tails off every skewed series (sparse counts, p95 of a few events): the
-    ///   spread would shrink, more buckets would be flagged, and it would shrink again;
+    ///   is learnt once its successor turns out normal, clamped to the band it left
+    ///   (`band`: lower, upper), so that one extreme value cannot inflate the spread.
+    ///   Keeping such blips out altogether would cut the tails off every skewed series
+    ///   (sparse counts, p95 of a few events): the spread would shrink, more buckets
+    ///   would be flagged, and it would shrink again;
     /// * after `relearn_after` unusual buckets in a row the level has changed for good
     ///   (a migration, a new customer): the detectors forget and train on the new level.
-    pub fn learn(&mut self, policy: &Policy, value: f64, unusual: bool) -> bool {
+    pub fn learn(
+        &mut self,
+        policy: &Policy,
+        value: f64,
+        unusual: bool,
+        band: Option<(f64, f64)>,
+    ) -> bool {
         if value.is_nan() {
             return false;
         }
         if unusual {
+            let clamped = band.map_or(value, |(lower, upper)| value.clamp(lower, upper));
             self.held = if self.unusual_streak == 0 {
-                Some(value)
+                Some(clamped)
             } else {
                 None
             };
@@ -421,7 +430,7 @@ mod tests {
         p.min_absolute_change = 0.0;
         let mut state = DetectorState::default();
         for x in [10.0, 11.0, 9.0, 10.0, 10.5, 9.5] {
-            state.learn(&p, x, false);
+            state.learn(&p, x, false, None);
         }
         let mut js = Vec::new();
         let v = judge(&p, &state, 30.0, &mut js);
@@ -441,20 +450,25 @@ mod tests {
         let mut p = policy();
         p.zscore = false;
         let mut state = DetectorState::default();
-        state.learn(&p, 10.0, false);
+        state.learn(&p, 10.0, false, None);
         // a blip: learnt only when the next bucket is normal
-        state.learn(&p, 50.0, true);
+        state.learn(&p, 50.0, true, Some((5.0, 15.0)));
         assert_eq!(state.ewma.count(), 1);
-        state.learn(&p, 10.0, false);
+        state.learn(&p, 10.0, false, None);
         assert_eq!(state.ewma.count(), 3);
+        let mean = state.ewma.baseline(1).unwrap().expected;
+        assert!(
+            mean < 15.0,
+            "the blip was learnt as its band edge, 15, not 50: {mean}"
+        );
         // an outage of three buckets: none of it is learnt
         for _ in 0..3 {
-            state.learn(&p, 0.0, true);
+            state.learn(&p, 0.0, true, None);
         }
-        state.learn(&p, 10.0, false);
+        state.learn(&p, 10.0, false, None);
         assert_eq!(state.ewma.count(), 4);
         // no value: changes nothing
-        state.learn(&p, f64::NAN, false);
+        state.learn(&p, f64::NAN, false, None);
         assert_eq!(state.ewma.count(), 4);
     }
 
@@ -463,13 +477,13 @@ mod tests {
         let mut p = policy();
         p.relearn_after = 5;
         let mut state = DetectorState::default();
-        state.learn(&p, 10.0, false);
-        let accepted: Vec<bool> = (0..5).map(|_| state.learn(&p, 30.0, true)).collect();
+        state.learn(&p, 10.0, false, None);
+        let accepted: Vec<bool> = (0..5).map(|_| state.learn(&p, 30.0, true, None)).collect();
         assert_eq!(accepted, vec![false, false, false, false, true]);
         assert_eq!(state.ewma.count(), 0, "training again");
         p.relearn_after = 0;
         assert!(
-            !(0..100).any(|_| state.learn(&p, 90.0, true)),
+            !(0..100).any(|_| state.learn(&p, 90.0, true, None)),
             "0 never relearns"
         );
     }

@@ -27,6 +27,11 @@ impl RollingWindow {
     /// Adds a normal value, forgetting the oldest once `window` are held. The ring is
     /// allocated on first use, so series without a z-score cost nothing.
     pub fn push(&mut self, x: f64, window: u32) {
+        // Decoded figures are bounded, so this guards only against arithmetic on them
+        // overflowing: a value whose square is not finite would blind the window.
+        if !(x * x).is_finite() {
+            return;
+        }
         if self.values.is_empty() {
             self.values = vec![0.0; window.max(2) as usize].into_boxed_slice();
         }

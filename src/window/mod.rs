@@ -1,16 +1,17 @@
-//! Per-stage event-time windows: the open buckets that events accumulate into, and the
-//! ring of closed buckets that detectors learn from.
+//! Per-stage event-time windows: the open buckets that events accumulate into until
+//! their metrics are read and scored.
 //!
-//! Memory per stage is fixed by configuration, never by the event rate: an open bucket
-//! holds sums, counts and a constant-size p95 sketch, and history is a preallocated ring
-//! of `window.buckets` rows.
+//! Memory is fixed by configuration, never by the event rate: an open bucket holds sums,
+//! counts and a constant-size p95 sketch, and a stage has at most
+//! `allowed_lateness / bucket + 2` of them open. The history detectors learn from lives in
+//! the detectors themselves (`crate::detect`).
 
 mod quantile;
 
 pub use quantile::P2Quantile;
 
 use crate::decode::{Event, Status};
-use crate::metric::{Builtin, BUILTIN_SLOTS};
+use crate::metric::Builtin;
 
 /// Which optional fields a bucket saw at least once; a metric whose inputs were never
 /// reported has no value rather than a misleading zero.
@@ -59,10 +60,6 @@ impl Bucket {
         }
     }
 
-    pub fn events(&self) -> u32 {
-        self.events
-    }
-
     /// Adds one event. `quality` yields (slot, value) for the figures the stage tracks.
     /// Sums saturate: hostile counts near `u64::MAX` must not wrap or panic.
     pub fn add(
@@ -107,7 +104,7 @@ impl Bucket {
             match self.quality.iter_mut().find(|(s, _, _)| *s == slot) {
                 Some((_, sum, n)) => {
                     *sum += x;
-                    *n += 1;
+                    *n = n.saturating_add(1);
                 }
                 None => self.quality.push((slot, x, 1)),
             }
@@ -164,6 +161,14 @@ impl Bucket {
         }
     }
 
+    /// Heap bytes held, for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.durations.heap_bytes()
+            + self.quality.capacity() * std::mem::size_of::<(u16, f64, u32)>()
+            + self.correlation_ids.capacity() * std::mem::size_of::<Box<str>>()
+            + self.correlation_ids.iter().map(|c| c.len()).sum::<usize>()
+    }
+
     /// Folds what this bucket saw into the stage's record of reported fields.
     pub fn note_reported(&self, reported: &mut Reported) {
         reported.records |= self.seen & seen::RECORDS != 0;
@@ -178,111 +183,6 @@ pub struct Reported {
     pub records: bool,
     pub bytes: bool,
 }
-
-/// The last `capacity` closed buckets of a stage that carried any value, one column per
-/// metric slot. A preallocated ring: pushing never allocates.
-#[derive(Debug, Clone)]
-pub struct History {
-    capacity: usize,
-    len: usize,
-    /// Where the next row goes.
-    head: usize,
-    bucket_index: Box<[i64]>,
-    columns: Vec<Column>,
-}
-
-#[derive(Debug, Clone)]
-struct Column {
-    values: Box<[f64]>,
-    /// One bit per row: the bucket was anomalous and is kept out of baselines.
-    anomalous: Box<[u64]>,
-}
-
-impl Column {
-    fn new(capacity: usize) -> Column {
-        Column {
-            values: vec![f64::NAN; capacity].into_boxed_slice(),
-            anomalous: vec![0u64; capacity.div_ceil(64)].into_boxed_slice(),
-        }
-    }
-}
-
-/// One stored row of one metric.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    pub bucket_index: i64,
-    pub value: f64,
-    pub anomalous: bool,
-}
-
-impl History {
-    pub fn new(capacity: usize, slots: usize) -> History {
-        History {
-            capacity,
-            len: 0,
-            head: 0,
-            bucket_index: vec![0; capacity].into_boxed_slice(),
-            columns: (0..slots).map(|_| Column::new(capacity)).collect(),
-        }
-    }
-
-    pub fn slots(&self) -> usize {
-        self.columns.len()
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Adds a metric slot (a new quality figure); its past rows have no value.
-    pub fn add_slot(&mut self) {
-        self.columns.push(Column::new(self.capacity));
-    }
-
-    /// Appends a row, overwriting the oldest when full.
-    pub fn push(&mut self, bucket_index: i64, values: &[f64], anomalous: &[bool]) {
-        let row = self.head;
-        self.bucket_index[row] = bucket_index;
-        let (word, bit) = (row / 64, 1u64 << (row % 64));
-        for (slot, column) in self.columns.iter_mut().enumerate() {
-            column.values[row] = values.get(slot).copied().unwrap_or(f64::NAN);
-            if anomalous.get(slot).copied().unwrap_or(false) {
-                column.anomalous[word] |= bit;
-            } else {
-                column.anomalous[word] &= !bit;
-            }
-        }
-        self.head = (self.head + 1) % self.capacity;
-        self.len = (self.len + 1).min(self.capacity);
-    }
-
-    /// Rows of one metric, newest first.
-    pub fn newest_first(&self, slot: usize) -> impl Iterator<Item = Sample> + '_ {
-        let column = &self.columns[slot];
-        (1..=self.len).map(move |back| {
-            let row = (self.head + self.capacity - back) % self.capacity;
-            Sample {
-                bucket_index: self.bucket_index[row],
-                value: column.values[row],
-                anomalous: column.anomalous[row / 64] & (1u64 << (row % 64)) != 0,
-            }
-        })
-    }
-
-    /// Heap bytes held, for memory accounting.
-    pub fn heap_bytes(&self) -> usize {
-        self.capacity * 8
-            + self.columns.capacity() * std::mem::size_of::<Column>()
-            + self.columns.len() * (self.capacity * 8 + self.capacity.div_ceil(64) * 8)
-    }
-}
-
-/// The number of built-in slots, re-exported for stages sizing their rows.
-pub const FIRST_QUALITY_SLOT: usize = BUILTIN_SLOTS;
 
 #[cfg(test)]
 mod tests {
@@ -387,27 +287,5 @@ mod tests {
             b.add(&e, std::iter::empty(), 5);
         }
         assert_eq!(b.correlation_ids.len(), 5);
-    }
-
-    #[test]
-    fn history_ring_keeps_the_newest_rows() {
-        let mut h = History::new(3, 2);
-        for i in 0..5 {
-            h.push(i, &[i as f64, -(i as f64)], &[i % 2 == 0, false]);
-        }
-        let rows: Vec<Sample> = h.newest_first(0).collect();
-        assert_eq!(
-            rows.iter().map(|s| s.bucket_index).collect::<Vec<_>>(),
-            vec![4, 3, 2]
-        );
-        assert_eq!(
-            rows.iter().map(|s| s.anomalous).collect::<Vec<_>>(),
-            vec![true, false, true]
-        );
-        h.add_slot();
-        assert!(h.newest_first(2).all(|s| s.value.is_nan()));
-        h.push(5, &[5.0, -5.0, 0.5], &[false, false, true]);
-        assert_eq!(h.newest_first(2).next().unwrap().value, 0.5);
-        assert_eq!(h.len(), 3);
     }
 }

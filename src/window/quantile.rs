@@ -2,7 +2,8 @@
 //! "The P² algorithm for dynamic calculation of quantiles and histograms without storing
 //! observations", CACM 1985). Five markers track the minimum, the p/2, p and (1+p)/2
 //! quantiles and the maximum; each observation moves them by a parabolic (or, where that
-//! would break their order, linear) step. 48 bytes per bucket however many events it holds.
+//! would break their order, linear) step. Constant size however many events a bucket holds:
+//! 88 bytes, plus the first 32 values kept exactly (at most 256 bytes).
 
 #[derive(Debug, Clone, Default)]
 pub struct P2Quantile {
@@ -23,8 +24,9 @@ const INCREMENTS: [f64; 5] = [0.0, P / 2.0, P, (1.0 + P) / 2.0, 1.0];
 const EXACT_LIMIT: usize = 32;
 
 impl P2Quantile {
-    pub fn count(&self) -> u32 {
-        self.n
+    /// Heap bytes held (the exact sample, until the markers take over).
+    pub fn heap_bytes(&self) -> usize {
+        self.exact.capacity() * std::mem::size_of::<f64>()
     }
 
     pub fn observe(&mut self, x: f64) {
@@ -47,7 +49,7 @@ impl P2Quantile {
             (0..4).find(|&i| x < q[i + 1]).unwrap_or(3)
         };
         for pos in &mut self.positions[k + 1..] {
-            *pos += 1;
+            *pos = pos.saturating_add(1);
         }
         self.n = self.n.saturating_add(1);
         for (i, increment) in INCREMENTS.iter().enumerate().take(4).skip(1) {
