@@ -34,6 +34,15 @@ fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A quality figure: usually ordinary, sometimes extreme or beyond the accepted range.
+fn figure() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        8 => (0.0f64..1.0).prop_map(|x| json!(x)),
+        1 => (-1e15f64..1e15).prop_map(|x| json!(x)),
+        1 => prop_oneof![Just(1e200), Just(-1e300), Just(f64::MAX)].prop_map(|x| json!(x)),
+    ]
+}
+
 /// An event-shaped object whose fields are sometimes right and sometimes anything.
 fn event_like() -> impl Strategy<Value = Value> {
     let field = |good: BoxedStrategy<Value>| {
@@ -58,13 +67,14 @@ fn event_like() -> impl Strategy<Value = Value> {
         field(count()),
         field((0.0f64..1e6).prop_map(|x| json!(x)).boxed()),
         field(
-            prop::collection::btree_map("[a-z]{1,8}", (0.0f64..1.0).prop_map(|x| json!(x)), 0..4)
+            prop::collection::btree_map("[a-z]{1,8}", figure(), 0..4)
                 .prop_map(|m| Value::Object(m.into_iter().collect()))
                 .boxed(),
         ),
-        prop::collection::vec(any::<bool>(), 8),
+        field((0u32..50).prop_map(|n| json!(format!("id-{n}"))).boxed()),
+        prop::collection::vec(any::<bool>(), 9),
     )
-        .prop_map(|(p, s, t, rin, rout, err, dur, q, present)| {
+        .prop_map(|(p, s, t, rin, rout, err, dur, q, id, present)| {
             let mut m = Map::new();
             let fields = [
                 ("pipeline", p),
@@ -75,6 +85,7 @@ fn event_like() -> impl Strategy<Value = Value> {
                 ("errors", err),
                 ("duration_ms", dur),
                 ("quality", q),
+                ("event_id", id),
             ];
             for ((k, v), keep) in fields.into_iter().zip(present) {
                 if keep {
@@ -142,8 +153,17 @@ proptest! {
         let s = engine.stats();
         prop_assert_eq!((s.applied, s.late, s.duplicate, s.stage_limit, s.invalid_total()), (applied, late, dup, limit, invalid));
         prop_assert_eq!(applied + late + dup + limit + invalid, values.len() as u64);
-        for a in &out.alerts {
-            prop_assert!(serde_json::to_string(a).is_ok());
+        // Every number pipewatch reports is finite. A forced resolution (detector
+        // "none") has no observation, and says so with nulls.
+        for a in out.alerts.iter().filter(|a| a.detector != "none") {
+            for x in [a.value, a.expected, a.lower, a.upper, a.score] {
+                prop_assert!(x.is_finite(), "{a:?}");
+            }
+        }
+        for row in &out.scores {
+            for x in [row.value, row.expected, row.lower, row.upper, row.score].into_iter().flatten() {
+                prop_assert!(x.is_finite(), "{row:?}");
+            }
         }
     }
 }
