@@ -14,6 +14,14 @@ fn pipewatch() -> Command {
     cmd
 }
 
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    pipewatch()
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,11 +53,7 @@ fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
     // what it prints is itself a valid configuration
     let again = dir.path().join("effective.toml");
     std::fs::write(&again, text.replace("\"<redacted>\"", "\"x\"")).unwrap();
-    let out = pipewatch()
-        .args(["check-config", "--config"])
-        .arg(&again)
-        .output()
-        .unwrap();
+    let out = check_config(&again);
     assert!(
         out.status.success(),
         "{}",
@@ -74,11 +78,7 @@ fn an_invalid_value_exits_2_naming_key_value_and_expectation() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pw.toml");
     std::fs::write(&path, "[alerts]\nfor = \"soon\"\n").unwrap();
-    let out = pipewatch()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("for") && err.contains("soon"), "{err}");

@@ -255,6 +255,10 @@ mod tests {
     use super::*;
     use crate::config::{Direction, Settings};
 
+    fn baseline(expected: f64, std_dev: f64) -> Baseline {
+        Baseline { expected, std_dev }
+    }
+
     fn policy() -> Policy {
         let mut book = PolicyBook::new(&Settings::defaults());
         let id = book.resolve("p/s", "unnamed");
@@ -268,39 +272,18 @@ mod tests {
         (p.min_relative_rise, p.min_relative_fall) = (0.1, 0.1);
         p.min_absolute_change = 0.0;
         // σ dominates: half-width 3·10 = 30
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100.0,
-                std_dev: 10.0,
-            },
-            145.0,
-        );
+        let b = band(&p, baseline(100.0, 10.0), 145.0);
         assert_eq!((b.lower, b.upper), (70.0, 130.0));
         assert!((b.score.unwrap() - 4.5).abs() < 1e-12);
         assert!(b.flagged);
         // relative floor dominates: half-width 0.1·100 = 10, score (95−100)·3/10 = −1.5
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100.0,
-                std_dev: 1.0,
-            },
-            95.0,
-        );
+        let b = band(&p, baseline(100.0, 1.0), 95.0);
         assert_eq!((b.lower, b.upper), (90.0, 110.0));
         assert!((b.score.unwrap() + 1.5).abs() < 1e-12);
         assert!(!b.flagged);
         // direction: a drop is ignored when only `up` counts
         p.direction = Direction::Up;
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100.0,
-                std_dev: 1.0,
-            },
-            10.0,
-        );
+        let b = band(&p, baseline(100.0, 1.0), 10.0);
         assert!(b.score.unwrap() < -3.0 && !b.flagged);
     }
 
@@ -310,24 +293,10 @@ mod tests {
         p.sensitivity = 3.0;
         p.min_absolute_change = 0.0;
         (p.min_relative_rise, p.min_relative_fall) = (1.0, 0.2);
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100.0,
-                std_dev: 1.0,
-            },
-            150.0,
-        );
+        let b = band(&p, baseline(100.0, 1.0), 150.0);
         assert_eq!((b.lower, b.upper), (80.0, 200.0));
         assert!(!b.flagged, "+50% is within a 100% rise");
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100.0,
-                std_dev: 1.0,
-            },
-            75.0,
-        );
+        let b = band(&p, baseline(100.0, 1.0), 75.0);
         assert!(b.flagged, "-25% is beyond a 20% fall");
         assert!((b.score.unwrap() + 3.75).abs() < 1e-12);
     }
@@ -340,36 +309,15 @@ mod tests {
         (p.min_relative_rise, p.min_relative_fall) = (0.5, 0.5);
         p.min_absolute_change = 0.0;
         // expected 99 in units: ln(100) in detector units; σ small, so the ×1.5 floor rules
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100f64.ln(),
-                std_dev: 0.01,
-            },
-            160.0,
-        );
+        let b = band(&p, baseline(100f64.ln(), 0.01), 160.0);
         assert!((b.expected - 99.0).abs() < 1e-9);
         assert!((b.upper - (100.0 * 1.5 - 1.0)).abs() < 1e-9);
         assert!((b.lower - (100.0 / 1.5 - 1.0)).abs() < 1e-9);
         assert!(b.flagged, "161/100 > 1.5");
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100f64.ln(),
-                std_dev: 0.01,
-            },
-            140.0,
-        );
+        let b = band(&p, baseline(100f64.ln(), 0.01), 140.0);
         assert!(!b.flagged);
         // zero is a finite score, not ln(0)
-        let b = band(
-            &p,
-            Baseline {
-                expected: 100f64.ln(),
-                std_dev: 0.01,
-            },
-            0.0,
-        );
+        let b = band(&p, baseline(100f64.ln(), 0.01), 0.0);
         assert!(b.score.unwrap().is_finite());
     }
 
@@ -380,35 +328,14 @@ mod tests {
         (p.min_relative_rise, p.min_relative_fall) = (0.0, 0.0);
         p.min_absolute_change = 0.01;
         // error rate flat at 0: 0.5 points is within the minimum change, 2 points is not
-        let b = band(
-            &p,
-            Baseline {
-                expected: 0.0,
-                std_dev: 0.0,
-            },
-            0.005,
-        );
+        let b = band(&p, baseline(0.0, 0.0), 0.005);
         assert!(!b.flagged);
-        let b = band(
-            &p,
-            Baseline {
-                expected: 0.0,
-                std_dev: 0.0,
-            },
-            0.02,
-        );
+        let b = band(&p, baseline(0.0, 0.0), 0.02);
         assert!(b.flagged);
         assert!((b.score.unwrap() - 6.0).abs() < 1e-9);
         // both minimums zero: still finite
         p.min_absolute_change = 0.0;
-        let b = band(
-            &p,
-            Baseline {
-                expected: 0.0,
-                std_dev: 0.0,
-            },
-            1.0,
-        );
+        let b = band(&p, baseline(0.0, 0.0), 1.0);
         assert!(b.score.unwrap().is_finite() && b.flagged);
     }
 
