@@ -38,18 +38,6 @@ pub enum Outcome {
     Invalid(Rejection),
 }
 
-impl Outcome {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Outcome::Applied => "applied",
-            Outcome::Late => "late",
-            Outcome::Duplicate => "duplicate",
-            Outcome::StageLimit => "stage_limit",
-            Outcome::Invalid(_) => "invalid",
-        }
-    }
-}
-
 /// Counters of everything the engine did; exported as metrics and printed by replay.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Stats {
@@ -283,10 +271,6 @@ impl Engine {
 
     pub fn tracked_stages(&self) -> usize {
         self.stages.len()
-    }
-
-    pub fn watermark_ms(&self) -> Option<i64> {
-        self.watermark_ms
     }
 
     /// Heap bytes held by stage state (an estimate from capacities, for the memory

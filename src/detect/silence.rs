@@ -47,7 +47,10 @@ impl GapTracker {
             return;
         }
         let gap = (ts_ms - self.last_event_ms) as f64;
-        let was_silence = self.judge(ts_ms, settings).is_some_and(|j| j.silent);
+        // The threshold is never below `min_silence`, so a shorter gap needs no judging:
+        // this runs for every event.
+        let was_silence = gap > settings.min_silence.as_millis() as f64
+            && self.judge(ts_ms, settings).is_some_and(|j| j.silent);
         if !was_silence {
             self.gaps.update(gap, GAP_ALPHA);
         }
