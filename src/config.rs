@@ -45,6 +45,17 @@ pub struct KafkaSettings {
     pub topics: Vec<String>,
     pub alert_topic: String,
     pub dead_letter_topic: String,
+    /// History re-read from each newly assigned partition before its committed offset, so
+    /// that detectors resume with their baselines after a restart or a rebalance.
+    #[serde(with = "humantime_serde")]
+    pub warmup: Duration,
+    /// How often processed offsets are committed (after the alerts they caused are delivered).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Longest a graceful stop may take (flush, commit, leave the group) before pipewatch
+    /// gives up and exits with an error.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -477,6 +488,23 @@ impl Settings {
         }
         if self.kafka.topics.is_empty() {
             return Err(invalid("kafka.topics", "[]", "at least one topic"));
+        }
+        let k = &self.kafka;
+        if k.commit_interval < Duration::from_millis(100)
+            || k.commit_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "kafka.commit_interval",
+                humantime::format_duration(k.commit_interval).to_string(),
+                "a duration from 100ms to 1h",
+            ));
+        }
+        if k.shutdown_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "kafka.shutdown_timeout",
+                humantime::format_duration(k.shutdown_timeout).to_string(),
+                "a duration of 1s or more",
+            ));
         }
         let e = &self.email;
         if e.enabled && e.to.is_empty() {

@@ -12,6 +12,8 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use serde::Serialize;
@@ -33,7 +35,7 @@ pub enum Outcome {
     Late,
     /// Its `event_id` was seen recently.
     Duplicate,
-    /// A new stage, and `stages.max_tracked` are tracked already.
+    /// A new stage, and `stages.max_tracked` are tracked already (by this process).
     StageLimit,
     Invalid(Rejection),
 }
@@ -186,6 +188,31 @@ impl RecentIds {
     }
 }
 
+/// How many more stages this process may track: `stages.max_tracked` is a bound on the
+/// process, and `pipewatch run` keeps one engine per Kafka partition, so the engines of
+/// one process draw on one shared budget. Clones share it.
+#[derive(Debug, Clone)]
+pub struct StageBudget(Arc<AtomicUsize>);
+
+impl StageBudget {
+    pub fn new(max_stages: usize) -> StageBudget {
+        StageBudget(Arc::new(AtomicUsize::new(max_stages)))
+    }
+
+    /// Takes one stage's place, if one is left.
+    fn take(&self) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, stages: usize) {
+        self.0.fetch_add(stages, Ordering::Relaxed);
+    }
+}
+
 /// Everything bucket closing needs besides the stage itself, borrowed apart from the
 /// stage list so both can be used at once.
 struct Closer<'a> {
@@ -204,7 +231,7 @@ pub struct Engine {
     bucket_ms: i64,
     lateness_ms: i64,
     history_len: usize,
-    max_stages: usize,
+    budget: StageBudget,
     max_quality: usize,
     idle_timeout_ms: i64,
     max_correlation_ids: usize,
@@ -233,12 +260,21 @@ pub struct Engine {
 impl Engine {
     /// `emit_scores`: whether closed buckets are also reported as [`ScoredBucket`]s.
     pub fn new(settings: &Settings, emit_scores: bool) -> Engine {
+        Engine::with_budget(
+            settings,
+            emit_scores,
+            StageBudget::new(settings.stages.max_tracked),
+        )
+    }
+
+    /// An engine that draws its stages from `budget`, shared with other engines.
+    pub fn with_budget(settings: &Settings, emit_scores: bool, budget: StageBudget) -> Engine {
         let bucket_ms = settings.bucket_ms();
         Engine {
             bucket_ms,
             lateness_ms: settings.lateness_ms(),
             history_len: settings.window.buckets as usize,
-            max_stages: settings.stages.max_tracked,
+            budget,
             max_quality: settings.stages.max_quality_metrics,
             idle_timeout_ms: settings.stages.idle_timeout.as_millis() as i64,
             max_correlation_ids: settings.alerts.max_correlation_ids,
@@ -361,7 +397,7 @@ impl Engine {
         }) {
             return Some(i as usize);
         }
-        if self.stages.len() >= self.max_stages {
+        if !self.budget.take() {
             return None;
         }
         let stage = self.new_stage(event);
@@ -515,6 +551,7 @@ impl Engine {
             }
         }
         self.stats.stages_evicted += 1;
+        self.budget.give_back(1);
         let all_slots = 0..stage.series.len();
         stop_judging(
             &mut stage,
@@ -526,6 +563,12 @@ impl Engine {
             &mut self.stats,
             out,
         );
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.budget.give_back(self.stages.len());
     }
 }
 

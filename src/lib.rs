@@ -8,13 +8,14 @@
 //!                 └──────── engine (drives them, in event time) ────────┘
 //! ```
 //!
-//! * [`source`] reads raw messages (NDJSON for replay);
+//! * [`source`] reads raw messages (Kafka for `run`, NDJSON for replay);
 //! * [`decode`] validates untrusted bytes into an [`decode::Event`] or a precise rejection;
 //! * [`window`] accumulates per-stage event-time buckets and keeps their history;
 //! * [`detect`] scores each closed bucket (EWMA, rolling z-score, silence);
 //! * [`alert`] turns anomalies into firing/resolved notifications without duplicates;
-//! * [`sink`] writes them out;
-//! * [`engine`] ties these together; [`replay`] and [`simulate`] are commands built on it.
+//! * [`sink`] writes them out (Kafka, NDJSON);
+//! * [`engine`] ties these together; [`run`] (the service, on Kafka), [`replay`] and
+//!   [`simulate`] are commands built on it; [`kafka`] holds what all Kafka clients share.
 
 pub mod alert;
 pub mod clock;
@@ -22,8 +23,10 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod engine;
+pub mod kafka;
 pub mod metric;
 pub mod replay;
+pub mod run;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pipewatch::config::{ConfigError, Settings};
-use pipewatch::{replay, simulate};
+use pipewatch::{replay, run as service, simulate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Watch the configured Kafka topics in a consumer group, as a service.
+    Run(service::RunArgs),
     /// Process NDJSON events in event time and write alerts (and scores).
     Replay(replay::ReplayArgs),
     /// Generate realistic pipeline events with injected faults.
@@ -34,6 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -65,6 +68,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{}", replay::summary(&stats));
             Ok(())
         }
-        Command::Simulate(args) => simulate::run(args),
+        Command::Run(args) => {
+            let settings = settings()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let counters = runtime.block_on(service::serve(settings, args))?;
+            eprintln!("{}", service::summary(&counters));
+            Ok(())
+        }
+        Command::Simulate(args) => simulate::run(args, &settings()?),
     }
 }

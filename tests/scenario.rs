@@ -102,7 +102,7 @@ fn check(run: &Replayed) {
             label.expected_alert,
             delay.map_or("MISSED".to_string(), |d| d.to_string())
         );
-        if !delay.is_some_and(|d| d <= 2) {
+        if delay.is_none_or(|d| d > 2) {
             missed.push(format!(
                 "{} on {}/{}",
                 label.kind.as_str(),

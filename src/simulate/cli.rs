@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use crate::config::Settings;
+
 use super::{FaultLabel, FaultPlan, SimOptions, Simulation, TimestampFormat};
 
 /// Which faults `pipewatch simulate` injects.
@@ -28,8 +30,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
 
-    /// Start of the simulated period (RFC 3339).
-    #[arg(long, default_value = "2026-11-01T00:00:00Z", value_parser = parse_rfc3339)]
+    /// Start of the simulated period: RFC 3339, `now`, or `now-DURATION` (e.g. `now-2d`).
+    #[arg(long, default_value = "2026-11-01T00:00:00Z", value_parser = parse_start)]
     pub start: DateTime<Utc>,
 
     /// Length of the simulated period, e.g. 6h, 1d, 7d.
@@ -63,6 +65,25 @@ pub struct SimulateArgs {
     /// Also write one JSON line per injected fault to this file.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+
+    /// Produce the events to Kafka (`kafka.brokers` of the configuration), keyed by
+    /// `pipeline/stage`, instead of writing them to `--output`.
+    #[arg(long)]
+    pub kafka: bool,
+
+    /// With `--kafka`: the topic (default: the first of `kafka.topics` that is a name).
+    #[arg(long, requires = "kafka")]
+    pub topic: Option<String>,
+
+    /// With `--kafka`: events per second, at most (0: as fast as the broker takes them).
+    #[arg(long, default_value_t = 0.0, requires = "kafka")]
+    pub rate: f64,
+
+    /// With `--kafka`: an event stamped in the future is sent only when the wall clock
+    /// reaches its time, so `--start now-1d --duration 2d` sends a day of history, then
+    /// carries on live.
+    #[arg(long, requires = "kafka")]
+    pub realtime: bool,
 }
 
 impl SimulateArgs {
@@ -84,10 +105,24 @@ impl SimulateArgs {
     }
 }
 
-fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
+fn parse_start(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Some(rest) = s.strip_prefix("now") {
+        let now = Utc::now();
+        if rest.is_empty() {
+            return Ok(now);
+        }
+        let ago = rest
+            .strip_prefix('-')
+            .ok_or("expected now or now-DURATION, e.g. now-2d")?;
+        let ago = humantime::parse_duration(ago).map_err(|e| format!("{ago}: {e}"))?;
+        let ago = chrono::Duration::from_std(ago).map_err(|e| e.to_string())?;
+        return now
+            .checked_sub_signed(ago)
+            .ok_or_else(|| format!("{s} is before the calendar starts"));
+    }
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-01T00:00:00Z"))
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-01T00:00:00Z, or now-2d"))
 }
 
 /// Runs `pipewatch simulate`: writes the events, then the labels if asked, and prints a one-line
@@ -96,8 +131,34 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
 /// # Errors
 /// Invalid arguments, or a file that cannot be created or written. A closed standard output
 /// (`| head`) is not an error.
-pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
+pub fn run(args: SimulateArgs, settings: &Settings) -> anyhow::Result<()> {
     let mut sim = Simulation::new(args.to_options())?;
+    if args.kafka {
+        let topic = match &args.topic {
+            Some(t) => t.clone(),
+            None => settings
+                .kafka
+                .topics
+                .iter()
+                .find(|t| !t.starts_with('^'))
+                .cloned()
+                .context("no --topic, and kafka.topics has only regexes")?,
+        };
+        let pace = super::kafka::Pace {
+            rate: (args.rate > 0.0).then_some(args.rate),
+            realtime: args.realtime,
+        };
+        let sent = super::kafka::produce(&mut sim, &settings.kafka, &topic, pace)?;
+        if let Some(path) = &args.labels {
+            write_labels(path, &sim.labels())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        eprintln!(
+            "simulate: {sent} events to Kafka topic {topic} at {}",
+            settings.kafka.brokers
+        );
+        return Ok(());
+    }
     let to_stdout = args.output.as_os_str() == "-";
     let written = if to_stdout {
         // A closed pipe (`| head`) is the reader saying it has seen enough, not an error.

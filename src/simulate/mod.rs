@@ -29,6 +29,7 @@ mod cli;
 mod encode;
 mod faults;
 mod generator;
+mod kafka;
 mod noise;
 mod topology;
 
@@ -44,6 +45,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 pub use cli::{run, FaultsChoice, SimulateArgs};
 pub use faults::{FaultKind, FaultLabel, FaultPlan, FaultSpec};
+pub use kafka::{produce, Pace};
 
 use encode::Encoder;
 use faults::{default_plan, FaultSet};
@@ -306,6 +308,19 @@ impl Simulation {
         }
     }
 
+    /// Every event with its Kafka key and event time, lazily, in delivery order.
+    pub fn keyed_events(&mut self) -> impl Iterator<Item = KeyedEvent> + '_ {
+        let topo = Arc::clone(&self.topo);
+        KeyedEvents {
+            events: Events {
+                raw: self.raw_events(),
+                encoder: self.encoder(),
+                labels: &mut self.labels,
+            },
+            topo,
+        }
+    }
+
     /// One label per injected fault that affected at least one event, in plan order (by start
     /// for the default plan). Labels do not depend on having generated the events: without a
     /// completed pass this runs the generator once without encoding (a fraction of the cost).
@@ -372,10 +387,9 @@ struct Events<'a> {
     labels: &'a mut Option<Vec<FaultLabel>>,
 }
 
-impl Iterator for Events<'_> {
-    type Item = Vec<u8>;
-
-    fn next(&mut self) -> Option<Vec<u8>> {
+impl Events<'_> {
+    /// The next event and its JSON.
+    fn next_encoded(&mut self) -> Option<(RawEvent, Vec<u8>)> {
         let Some(event) = self.raw.next() else {
             if self.labels.is_none() {
                 *self.labels = Some(self.raw.labels());
@@ -386,6 +400,45 @@ impl Iterator for Events<'_> {
         self.encoder
             .encode(&event, &mut json)
             .expect("serializing plain fields into memory cannot fail");
-        Some(json)
+        Some((event, json))
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Vec<u8>;
+
+    fn next(&mut self) -> Option<Vec<u8>> {
+        self.next_encoded().map(|(_, json)| json)
+    }
+}
+
+/// One event with what a Kafka producer needs besides its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyedEvent {
+    /// `pipeline/stage`, the message key of the event schema.
+    pub key: String,
+    /// Event time, epoch milliseconds.
+    pub timestamp_ms: i64,
+    pub json: Vec<u8>,
+}
+
+/// The iterator behind [`Simulation::keyed_events`].
+struct KeyedEvents<'a> {
+    events: Events<'a>,
+    topo: Arc<Topology>,
+}
+
+impl Iterator for KeyedEvents<'_> {
+    type Item = KeyedEvent;
+
+    fn next(&mut self) -> Option<KeyedEvent> {
+        let (event, json) = self.events.next_encoded()?;
+        let pipeline = &self.topo.pipelines[event.pipeline as usize];
+        let stage = &pipeline.stages[event.stage as usize];
+        Some(KeyedEvent {
+            key: crate::kafka::stage_key(&pipeline.name, &stage.name),
+            timestamp_ms: event.ts,
+            json,
+        })
     }
 }

@@ -754,7 +754,7 @@ fn the_command_writes_events_and_labels() {
     assert_eq!(opts.duration, 6 * HOUR);
     assert_eq!(opts.disorder, Duration::from_secs(5));
     assert_eq!(opts.timestamp_format, TimestampFormat::EpochMs);
-    run(cli.args).expect("runs");
+    run(cli.args, &crate::config::Settings::defaults()).expect("runs");
     let written = std::fs::read(&events).expect("events written");
     assert_eq!(written, bytes_of(opts.clone()));
     let label_lines = std::fs::read_to_string(&labels).expect("labels written");

@@ -1,3 +1,4 @@
 //! Where alerts and scores go.
 
+pub mod kafka;
 pub mod ndjson;

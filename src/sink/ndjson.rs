@@ -7,14 +7,15 @@ use std::path::Path;
 use serde::Serialize;
 
 pub struct NdjsonWriter {
-    out: BufWriter<Box<dyn Write>>,
+    /// `Send`, so that the service can write from its consumer thread.
+    out: BufWriter<Box<dyn Write + Send>>,
 }
 
 impl NdjsonWriter {
     /// `-` is standard output.
     pub fn create(path: &Path) -> io::Result<NdjsonWriter> {
-        let out: Box<dyn Write> = if path == Path::new("-") {
-            Box::new(io::stdout().lock())
+        let out: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(io::stdout())
         } else {
             Box::new(File::create(path)?)
         };

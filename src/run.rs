@@ -1,0 +1,648 @@
+//! `pipewatch run`: the service. Events from Kafka in a consumer group, one engine per
+//! assigned partition, alerts and dead letters back to Kafka, offsets committed after.
+//!
+//! # Why one engine per partition
+//! Producers key events by `pipeline/stage`, so a stage lives in one partition and the
+//! partition is the unit of ownership (as a Kafka Streams task is). Giving each partition
+//! its own engine makes a rebalance exact: on revocation the partition's engine is
+//! dropped, so this instance stops judging those stages at once; on assignment a new
+//! engine starts them, and no stage is ever judged by two instances. It also gives each
+//! partition its own event time, so a partition catching up on a backlog cannot close
+//! the buckets of a partition that is live, nor the other way round.
+//!
+//! # History across restarts and rebalances
+//! An engine's state is memory only. Kafka keeps the events, so a newly assigned
+//! partition is first re-read from `kafka.warmup` before its committed offset ("warm-up"):
+//! those events rebuild the baselines and alert states without alerting, dead-lettering
+//! or committing (they were handled before). Then processing carries on from the
+//! committed offset. With `warmup = "0s"`, or history gone from the topic, the engine
+//! starts cold and learns for `detection.training_buckets` before alerting.
+//!
+//! # Time
+//! Event time rules, as in replay. A partition's clock follows the wall clock only while
+//! it is caught up (its position at the partition's end, nothing received for a moment)
+//! and the broker is reachable, so neither a backlog nor a broker outage looks like
+//! silence.
+//!
+//! # Delivery
+//! At least once: offsets are committed (every `kafka.commit_interval`, on revocation and
+//! at stop) only after the sink confirms every alert and dead letter produced so far.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::engine::{Engine, Outcome, Outputs, StageBudget};
+use crate::sink::kafka::{KafkaSink, Origin, SinkCounters};
+use crate::sink::ndjson::NdjsonWriter;
+use crate::source::kafka::{consumer_config, BrokerView};
+
+/// How long one poll waits for a message: the loop's reaction time to a stop request.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How often live clocks advance and commits are considered.
+const TICK: Duration = Duration::from_millis(250);
+/// A caught-up partition follows the wall clock once it has received nothing for this
+/// long: a broker's reported end can trail the last batch it serves, and this absorbs it.
+const QUIET_MS: i64 = 1000;
+/// Longest wait for the sink to confirm deliveries before a commit.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the broker's answer about committed offsets and timestamps.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// Also write every alert sent, one JSON object per line, to this file ("-" for
+    /// standard output).
+    #[arg(long)]
+    pub alerts_out: Option<PathBuf>,
+    /// Append "topic partition offset" for every message once it is processed, flushed
+    /// before each commit: an audit trail that shows no message was skipped.
+    #[arg(long)]
+    pub offsets_log: Option<PathBuf>,
+}
+
+/// Counters of one run, printed when it stops.
+#[derive(Debug, Default, Clone)]
+pub struct RunCounters {
+    pub processed: u64,
+    pub applied: u64,
+    pub invalid: u64,
+    /// Events re-read to rebuild history on assignment (not processed again).
+    pub warmup: u64,
+    pub commits: u64,
+    pub commits_failed: u64,
+    pub consumer_errors: u64,
+    pub assigned: u64,
+    pub revoked: u64,
+}
+
+/// Live figures of a running service, readable from other threads (benchmarks, and the
+/// metrics endpoint).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Messages processed (warm-up re-reads excluded).
+    pub processed: AtomicU64,
+}
+
+/// One assigned partition and its engine.
+struct PartitionTask {
+    topic: Arc<str>,
+    partition: i32,
+    engine: Engine,
+    /// Offset after the last message processed.
+    next_offset: Option<i64>,
+    committed: Option<i64>,
+    /// Messages before this offset are warm-up: applied, nothing emitted.
+    warm_until: Option<i64>,
+    last_message_ms: i64,
+}
+
+/// Everything the consume loop and the rebalance callback share.
+struct Worker {
+    settings: Settings,
+    budget: StageBudget,
+    tasks: Vec<PartitionTask>,
+    /// Index of the task that took the last message: messages come in runs per partition.
+    last_task: usize,
+    sink: KafkaSink,
+    out: Outputs,
+    alerts_out: Option<NdjsonWriter>,
+    offsets_log: Option<BufWriter<File>>,
+    clock: SystemClock,
+    counters: RunCounters,
+    progress: Arc<Progress>,
+    last_commit: Instant,
+}
+
+/// The consumer's context: librdkafka calls it from `poll`, on the loop's own thread.
+/// Statistics and errors touch only their own fields, never the worker: librdkafka may
+/// call them while the worker is busy inside a commit.
+struct ServiceContext {
+    worker: Mutex<Worker>,
+    brokers: Mutex<BrokerView>,
+    errors: AtomicU64,
+}
+
+impl ServiceContext {
+    fn worker(&self) -> MutexGuard<'_, Worker> {
+        self.worker
+            .lock()
+            .expect("the worker is never left mid-update by a panic that is caught")
+    }
+
+    fn brokers(&self) -> MutexGuard<'_, BrokerView> {
+        self.brokers
+            .lock()
+            .expect("the broker view is replaced whole, never left half-written")
+    }
+}
+
+impl ClientContext for ServiceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        crate::kafka::log(level, facility, message);
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        *self.brokers() = BrokerView::from_statistics(&statistics, SystemClock.now_ms());
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // librdkafka retries on its own; these say why it has to (broker down, refused
+        // connection, authentication) and are repeated while the cause lasts.
+        tracing::warn!(error = %error, "kafka: {reason}");
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers().connected = false;
+        }
+    }
+}
+
+impl ConsumerContext for ServiceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let mut worker = self.worker();
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                worker.assign(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                worker.revoke(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
+                let all = partitions.clone();
+                worker.revoke(consumer, &all);
+                consumer.unassign()
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "cannot apply the rebalance");
+        }
+    }
+}
+
+impl Worker {
+    fn new(settings: &Settings, args: &RunArgs, progress: Arc<Progress>) -> anyhow::Result<Worker> {
+        let alerts_out = args
+            .alerts_out
+            .as_ref()
+            .map(|p| {
+                NdjsonWriter::create(p).with_context(|| format!("cannot create {}", p.display()))
+            })
+            .transpose()?;
+        let offsets_log = args
+            .offsets_log
+            .as_ref()
+            .map(|p| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map(BufWriter::new)
+                    .with_context(|| format!("cannot open {}", p.display()))
+            })
+            .transpose()?;
+        Ok(Worker {
+            settings: settings.clone(),
+            budget: StageBudget::new(settings.stages.max_tracked),
+            tasks: Vec::new(),
+            last_task: 0,
+            sink: KafkaSink::new(&settings.kafka)?,
+            out: Outputs::default(),
+            alerts_out,
+            offsets_log,
+            clock: SystemClock,
+            counters: RunCounters::default(),
+            progress,
+            last_commit: Instant::now(),
+        })
+    }
+
+    fn task_index(&mut self, topic: &str, partition: i32) -> usize {
+        let hit = |t: &PartitionTask| t.partition == partition && *t.topic == *topic;
+        if self.tasks.get(self.last_task).is_some_and(hit) {
+            return self.last_task;
+        }
+        let index = match self.tasks.iter().position(hit) {
+            Some(i) => i,
+            None => {
+                // A message from a partition the rebalance callback did not announce
+                // cannot happen with librdkafka; if it did, judging it beats dropping it.
+                tracing::warn!(topic, partition, "message from an unannounced partition");
+                self.tasks.push(self.new_task(topic, partition));
+                self.tasks.len() - 1
+            }
+        };
+        self.last_task = index;
+        index
+    }
+
+    fn new_task(&self, topic: &str, partition: i32) -> PartitionTask {
+        PartitionTask {
+            topic: Arc::from(topic),
+            partition,
+            engine: Engine::with_budget(&self.settings, false, self.budget.clone()),
+            next_offset: None,
+            committed: None,
+            warm_until: None,
+            last_message_ms: self.clock.now_ms(),
+        }
+    }
+
+    /// One message, start to end.
+    fn process(&mut self, message: &BorrowedMessage<'_>) {
+        let now_ms = self.clock.now_ms();
+        let i = self.task_index(message.topic(), message.partition());
+        let task = &mut self.tasks[i];
+        let payload = message.payload().unwrap_or_default();
+        let offset = message.offset();
+        let outcome = task.engine.ingest(payload, now_ms, &mut self.out);
+        task.next_offset = Some(offset + 1);
+        task.last_message_ms = now_ms;
+        if let Some(end) = task.warm_until {
+            if offset < end {
+                // Handled before this assignment: only the state it builds is wanted.
+                self.out.alerts.clear();
+                self.counters.warmup += 1;
+                if offset + 1 >= end {
+                    task.warm_until = None;
+                    tracing::info!(
+                        topic = message.topic(),
+                        partition = task.partition,
+                        stages = task.engine.tracked_stages(),
+                        "warm-up done; judging from the committed offset"
+                    );
+                }
+                return;
+            }
+            // The committed offset's message is gone (compaction, retention): judge on.
+            task.warm_until = None;
+        }
+        self.counters.processed += 1;
+        self.progress.processed.fetch_add(1, Ordering::Relaxed);
+        match &outcome {
+            Outcome::Applied => self.counters.applied += 1,
+            Outcome::Invalid(rejection) => {
+                self.counters.invalid += 1;
+                let origin = Origin {
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset,
+                    key: message.key(),
+                };
+                self.sink.dead_letter(payload, &origin, rejection);
+            }
+            _ => {}
+        }
+        if let Some(log) = self.offsets_log.as_mut() {
+            if let Err(err) = writeln!(
+                log,
+                "{} {} {}",
+                message.topic(),
+                message.partition(),
+                offset
+            ) {
+                tracing::error!(error = %err, "cannot write the offsets log");
+            }
+        }
+        self.publish();
+    }
+
+    /// Sends what the engines produced.
+    fn publish(&mut self) {
+        if self.out.alerts.is_empty() {
+            return;
+        }
+        for alert in self.out.alerts.drain(..) {
+            tracing::info!(
+                status = ?alert.status,
+                severity = ?alert.severity,
+                fingerprint = %alert.fingerprint,
+                "{}",
+                alert.summary
+            );
+            self.sink.alert(&alert);
+            if let Some(file) = self.alerts_out.as_mut() {
+                if let Err(err) = file.write(&alert) {
+                    tracing::error!(error = %err, "cannot write --alerts-out");
+                }
+            }
+        }
+        if let Some(file) = self.alerts_out.as_mut() {
+            if let Err(err) = file.flush() {
+                tracing::error!(error = %err, "cannot write --alerts-out");
+            }
+        }
+    }
+
+    /// Periodic work: live clocks, then a commit when one is due.
+    fn tick(&mut self, consumer: &BaseConsumer<ServiceContext>) {
+        let now_ms = self.clock.now_ms();
+        let brokers = consumer.context().brokers().clone();
+        if brokers.connected_at(now_ms) {
+            for task in &mut self.tasks {
+                let caught_up = match (
+                    task.next_offset,
+                    brokers.high_watermark(&task.topic, task.partition),
+                ) {
+                    (Some(next), Some(high)) => next >= high,
+                    _ => false,
+                };
+                if caught_up
+                    && task.warm_until.is_none()
+                    && now_ms - task.last_message_ms >= QUIET_MS
+                {
+                    task.engine.advance_clock(now_ms, &mut self.out);
+                }
+            }
+            self.publish();
+        }
+        if self.last_commit.elapsed() >= self.settings.kafka.commit_interval {
+            self.commit(consumer);
+        }
+    }
+
+    /// Commits what was processed, once everything it caused is delivered.
+    fn commit(&mut self, consumer: &BaseConsumer<ServiceContext>) -> bool {
+        self.last_commit = Instant::now();
+        let mut offsets = TopicPartitionList::new();
+        for task in &self.tasks {
+            if let Some(next) = task.next_offset {
+                if task.warm_until.is_none() && task.committed.is_none_or(|c| next > c) {
+                    let added = offsets.add_partition_offset(
+                        &task.topic,
+                        task.partition,
+                        Offset::Offset(next),
+                    );
+                    if let Err(err) = added {
+                        tracing::error!(error = %err, "cannot list an offset to commit");
+                    }
+                }
+            }
+        }
+        if offsets.count() == 0 {
+            return true;
+        }
+        if let Some(log) = self.offsets_log.as_mut() {
+            if let Err(err) = log.flush() {
+                tracing::error!(error = %err, "cannot write the offsets log; not committing");
+                return false;
+            }
+        }
+        if !self.sink.flush(FLUSH_TIMEOUT) {
+            tracing::warn!(
+                in_flight = self.sink.in_flight(),
+                "alerts or dead letters not yet delivered; offsets stay uncommitted"
+            );
+            self.counters.commits_failed += 1;
+            return false;
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => {
+                self.counters.commits += 1;
+                for task in &mut self.tasks {
+                    if task.warm_until.is_none() {
+                        task.committed = task.next_offset.or(task.committed);
+                    }
+                }
+                true
+            }
+            Err(err) => {
+                self.counters.commits_failed += 1;
+                tracing::warn!(error = %err, "offset commit failed; will retry");
+                false
+            }
+        }
+    }
+
+    /// New partitions: an engine each, and warm-up from history where there is some.
+    fn assign(
+        &mut self,
+        consumer: &BaseConsumer<ServiceContext>,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let mut added = Vec::new();
+        for element in partitions.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            if !self
+                .tasks
+                .iter()
+                .any(|t| t.partition == partition && *t.topic == *topic)
+            {
+                self.tasks.push(self.new_task(topic, partition));
+                added.push((topic.to_string(), partition));
+            }
+        }
+        self.counters.assigned += added.len() as u64;
+        tracing::info!(partitions = ?added, "partitions assigned");
+        let warmup_ms = self.settings.kafka.warmup.as_millis() as i64;
+        if warmup_ms == 0 || added.is_empty() {
+            return;
+        }
+        let committed = match consumer.committed_offsets(partitions.clone(), ADMIN_TIMEOUT) {
+            Ok(c) => c,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read committed offsets; starting without warm-up");
+                return;
+            }
+        };
+        let mut at = TopicPartitionList::new();
+        let since = self.clock.now_ms() - warmup_ms;
+        for (topic, partition) in &added {
+            let _ = at.add_partition_offset(topic, *partition, Offset::Offset(since));
+        }
+        let starts = match consumer.offsets_for_times(at, ADMIN_TIMEOUT) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look up offsets by time; starting without warm-up");
+                return;
+            }
+        };
+        for (topic, partition) in &added {
+            let committed = committed
+                .find_partition(topic, *partition)
+                .map(|e| e.offset());
+            let start = starts.find_partition(topic, *partition).map(|e| e.offset());
+            if let (Some(Offset::Offset(end)), Some(Offset::Offset(start))) = (committed, start) {
+                if start < end
+                    && partitions
+                        .set_partition_offset(topic, *partition, Offset::Offset(start))
+                        .is_ok()
+                {
+                    if let Some(task) = self
+                        .tasks
+                        .iter_mut()
+                        .find(|t| t.partition == *partition && *t.topic == **topic)
+                    {
+                        task.warm_until = Some(end);
+                        task.committed = Some(end);
+                    }
+                    tracing::info!(
+                        topic,
+                        partition,
+                        from = start,
+                        to = end,
+                        "warming up from history"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Partitions taken away: commit what was done with them, then forget their stages.
+    fn revoke(&mut self, consumer: &BaseConsumer<ServiceContext>, partitions: &TopicPartitionList) {
+        if !consumer.assignment_lost() {
+            self.commit(consumer);
+        }
+        let before = self.tasks.len();
+        self.tasks
+            .retain(|t| partitions.find_partition(&t.topic, t.partition).is_none());
+        self.last_task = 0;
+        self.counters.revoked += (before - self.tasks.len()) as u64;
+        tracing::info!(
+            partitions = partitions.count(),
+            lost = consumer.assignment_lost(),
+            "partitions revoked; their stages are now judged by their new owner"
+        );
+    }
+}
+
+/// Consumes until `stop` is set, then stops cleanly: commit, leave the group.
+pub fn consume(
+    settings: &Settings,
+    args: &RunArgs,
+    stop: &AtomicBool,
+    progress: Arc<Progress>,
+) -> anyhow::Result<RunCounters> {
+    let worker = Worker::new(settings, args, progress)?;
+    let sink_counters: Arc<SinkCounters> = Arc::clone(worker.sink.counters());
+    let consumer: BaseConsumer<ServiceContext> = consumer_config(&settings.kafka)
+        .create_with_context(ServiceContext {
+            worker: Mutex::new(worker),
+            brokers: Mutex::new(BrokerView::default()),
+            errors: AtomicU64::new(0),
+        })
+        .context("creating the Kafka consumer")?;
+    let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("subscribing to {topics:?}"))?;
+    tracing::info!(
+        brokers = %settings.kafka.brokers,
+        group = %settings.kafka.group_id,
+        topics = ?topics,
+        "consuming"
+    );
+    let context = Arc::clone(consumer.context());
+    let mut next_tick = Instant::now() + TICK;
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(POLL_TIMEOUT) {
+            Some(Ok(message)) => context.worker().process(&message),
+            Some(Err(err)) => {
+                context.worker().counters.consumer_errors += 1;
+                tracing::warn!(error = %err, "kafka consumer error");
+            }
+            None => {}
+        }
+        if Instant::now() >= next_tick {
+            context.worker().tick(&consumer);
+            next_tick = Instant::now() + TICK;
+        }
+    }
+    tracing::info!("stopping: committing processed offsets and leaving the group");
+    let committed = context.worker().commit(&consumer);
+    if !committed {
+        tracing::warn!("the last commit failed; events since the previous one will be read again");
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    let mut counters = context.worker().counters.clone();
+    counters.consumer_errors += context.errors.load(Ordering::Relaxed);
+    tracing::info!(
+        alerts_sent = sink_counters.alerts_sent.load(Ordering::Relaxed),
+        dead_letters_sent = sink_counters.dead_letters_sent.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(counters)
+}
+
+/// `pipewatch run`: consumes on a blocking thread until SIGINT or SIGTERM, then gives it
+/// `kafka.shutdown_timeout` to stop cleanly.
+pub async fn serve(settings: Settings, args: RunArgs) -> anyhow::Result<RunCounters> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timeout = settings.kafka.shutdown_timeout;
+    let mut consumer = tokio::task::spawn_blocking({
+        let stop = Arc::clone(&stop);
+        move || consume(&settings, &args, &stop, Arc::default())
+    });
+    tokio::select! {
+        result = &mut consumer => return result.context("the consumer thread panicked")?,
+        signal = stop_requested() => tracing::info!("{signal}: stopping"),
+    }
+    stop.store(true, Ordering::Relaxed);
+    match tokio::time::timeout(timeout, consumer).await {
+        Ok(result) => result.context("the consumer thread panicked")?,
+        Err(_) => anyhow::bail!(
+            "did not stop within kafka.shutdown_timeout ({}); events since the last commit will be read again",
+            humantime::format_duration(timeout)
+        ),
+    }
+}
+
+async fn stop_requested() -> &'static str {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler cannot fail on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// The line printed when `pipewatch run` stops.
+pub fn summary(c: &RunCounters) -> String {
+    format!(
+        "run: {} messages processed ({} applied, {} invalid), {} re-read for warm-up; {} commits ({} failed); \
+         {} partitions assigned, {} revoked; {} consumer errors",
+        c.processed,
+        c.applied,
+        c.invalid,
+        c.warmup,
+        c.commits,
+        c.commits_failed,
+        c.assigned,
+        c.revoked,
+        c.consumer_errors
+    )
+}

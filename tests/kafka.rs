@@ -1,0 +1,495 @@
+//! `pipewatch run` against a real Kafka-compatible broker (Tansu, in memory), started on a
+//! free loopback port by `scripts/broker.sh` for each test and stopped after it.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pipewatch::config::{KafkaSettings, Settings};
+use pipewatch::simulate::{FaultLabel, FaultPlan, Pace, SimOptions, Simulation};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+
+const EVENTS: &str = "pipeline-events";
+const ALERTS: &str = "pipeline-alerts";
+const DEAD_LETTERS: &str = "pipeline-events-dlq";
+const PARTITIONS: i32 = 4;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A Tansu broker on a free loopback port, stopped on drop.
+struct Broker {
+    port: u16,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        let broker = Broker { port };
+        broker.run("start");
+        broker
+    }
+
+    fn run(&self, verb: &str) {
+        let status = Command::new(repo().join("scripts/broker.sh"))
+            .args([verb, &self.port.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .expect("scripts/broker.sh runs");
+        assert!(status.success(), "broker.sh {verb} {} failed", self.port);
+    }
+
+    fn kafka(&self, group: &str) -> KafkaSettings {
+        let mut kafka = Settings::defaults().kafka;
+        kafka.brokers = format!("127.0.0.1:{}", self.port);
+        kafka.group_id = group.to_string();
+        // Tansu delays a group join by half the session timeout: keep it short.
+        for (k, v) in [
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+        ] {
+            kafka.properties.insert(k.into(), v.into());
+        }
+        kafka
+    }
+
+    fn create_topics(&self) {
+        let kafka = self.kafka("setup");
+        pipewatch::kafka::create_topics(&kafka, &[EVENTS], PARTITIONS).expect("event topic");
+        pipewatch::kafka::create_topics(&kafka, &[ALERTS, DEAD_LETTERS], 1).expect("topics");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.run("stop");
+    }
+}
+
+/// A `pipewatch run` process; killed on drop if still running.
+struct Pipewatch {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Pipewatch {
+    fn start(dir: &Path, name: &str, kafka: &KafkaSettings, extra: &[&str]) -> Pipewatch {
+        let config = dir.join(format!("{name}.toml"));
+        let properties: String = kafka
+            .properties
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\n[kafka.properties]\n{properties}",
+                kafka.brokers, kafka.group_id
+            ),
+        )
+        .expect("config written");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipewatch"))
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pipewatch starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Pipewatch { child, log }
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    fn last_assignment(&self) -> Option<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|l| l.contains("partitions assigned"))
+            .cloned()
+    }
+
+    /// SIGTERM, and the exit status within `within`.
+    fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pipewatch did not stop within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Pipewatch {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Two simulated days with one fault of each kind; returns the labels and the event count.
+fn produce_simulation(kafka: &KafkaSettings, seed: u64) -> (Vec<FaultLabel>, u64) {
+    let mut sim = Simulation::new(SimOptions {
+        seed,
+        start: chrono::Utc::now() - chrono::Duration::days(2),
+        duration: Duration::from_secs(2 * 86_400),
+        faults: FaultPlan::Default,
+        ..SimOptions::default()
+    })
+    .expect("valid options");
+    let sent = pipewatch::simulate::produce(&mut sim, kafka, EVENTS, Pace::default())
+        .expect("events produced");
+    (sim.labels(), sent)
+}
+
+/// Everything on partition 0 of `topic` from the start, read until `enough` says so.
+fn read_topic(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+    mut enough: impl FnMut(&[rdkafka::message::OwnedMessage]) -> bool,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let consumer: BaseConsumer = pipewatch::kafka::client_config(kafka)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .expect("tpl");
+    consumer.assign(&tpl).expect("assign");
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + timeout;
+    while !enough(&messages) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}: {} messages so far",
+            messages.len()
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            messages.push(m.detach());
+        }
+    }
+    messages
+}
+
+fn alerts_in(messages: &[rdkafka::message::OwnedMessage]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| serde_json::from_slice(m.payload().expect("payload")).expect("alert JSON"))
+        .collect()
+}
+
+/// Firing alerts that match each injected fault (records_lost is #5's, left out).
+fn unmatched_faults(labels: &[FaultLabel], alerts: &[Value]) -> Vec<String> {
+    labels
+        .iter()
+        .filter(|l| l.expected_alert != "data_loss")
+        .filter(|l| {
+            !alerts.iter().any(|a| {
+                a["status"] == "firing"
+                    && a["pipeline"] == l.pipeline.as_str()
+                    && a["stage"] == l.stage.as_str()
+                    && a["kind"] == l.expected_alert
+            })
+        })
+        .map(|l| format!("{} on {}/{}", l.expected_alert, l.pipeline, l.stage))
+        .collect()
+}
+
+fn header<'a>(m: &'a rdkafka::message::OwnedMessage, name: &str) -> Option<&'a str> {
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+#[test]
+fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-e2e");
+    let (labels, _) = produce_simulation(&kafka, 11);
+
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        pipewatch::kafka::client_config(&kafka)
+            .create()
+            .expect("producer");
+    let invalid: [&[u8]; 3] = [
+        b"{not json",
+        br#"{"pipeline":"p","stage":"s","timestamp":1795000000000,"records_in":-5}"#,
+        b"<img src=x onerror=alert(1)>",
+    ];
+    for payload in invalid {
+        producer
+            .send(BaseRecord::to(EVENTS).key("bad/input").payload(payload))
+            .map_err(|(e, _)| e)
+            .expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("delivered");
+
+    let mut pw = Pipewatch::start(dir.path(), "e2e", &kafka, &[]);
+    let alert_messages = read_topic(&kafka, ALERTS, Duration::from_secs(120), |m| {
+        unmatched_faults(&labels, &alerts_in(m)).is_empty()
+    });
+    let dead = read_topic(&kafka, DEAD_LETTERS, Duration::from_secs(30), |m| {
+        m.len() >= 3
+    });
+    let status = pw.terminate(Duration::from_secs(15));
+    assert!(status.success(), "graceful stop exits 0: {status}");
+    assert_eq!(pw.logged("stopped"), 1);
+
+    let alerts = alerts_in(&alert_messages);
+    println!(
+        "{} alert notifications for {} faults",
+        alerts.len(),
+        labels.len()
+    );
+    for (message, alert) in alert_messages.iter().zip(&alerts) {
+        assert_eq!(
+            message.key().map(|k| std::str::from_utf8(k).unwrap()),
+            alert["fingerprint"].as_str(),
+            "key = fingerprint"
+        );
+        assert_eq!(alert["version"], "1");
+        for field in [
+            "alert_id", "status", "severity", "kind", "pipeline", "stage", "summary",
+        ] {
+            assert!(alert[field].is_string(), "{field} in {alert}");
+        }
+    }
+
+    let by_payload: BTreeMap<&[u8], &rdkafka::message::OwnedMessage> = dead
+        .iter()
+        .map(|m| (m.payload().unwrap_or_default(), m))
+        .collect();
+    let expectations: [(&[u8], &str, &str); 3] = [
+        (invalid[0], "not_json", ""),
+        (invalid[1], "negative_count", "records_in"),
+        (invalid[2], "not_json", ""),
+    ];
+    for (payload, reason, field) in expectations {
+        let m = by_payload.get(payload).unwrap_or_else(|| {
+            panic!(
+                "{} dead-lettered unchanged",
+                String::from_utf8_lossy(payload)
+            )
+        });
+        assert_eq!(header(m, "pipewatch.reason"), Some(reason));
+        assert_eq!(header(m, "pipewatch.field"), Some(field));
+        assert_eq!(header(m, "pipewatch.source.topic"), Some(EVENTS));
+        let partition: i32 = header(m, "pipewatch.source.partition")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let offset: i64 = header(m, "pipewatch.source.offset")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((0..PARTITIONS).contains(&partition) && offset >= 0);
+        assert_eq!(m.key(), Some(&b"bad/input"[..]), "the original key is kept");
+    }
+}
+
+/// Reads an offsets log into (partition, offset) → times processed.
+fn processed_offsets(path: &Path) -> BTreeMap<(i32, i64), u32> {
+    let mut seen = BTreeMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        if parts.len() == 3 {
+            *seen
+                .entry((parts[1].parse().unwrap(), parts[2].parse().unwrap()))
+                .or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_killed_instance_loses_nothing_when_restarted() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-restart");
+    let (_, sent) = produce_simulation(&kafka, 12);
+    let log = dir.path().join("offsets.log");
+    let log_arg = log.to_str().unwrap();
+
+    let mut first = Pipewatch::start(dir.path(), "first", &kafka, &["--offsets-log", log_arg]);
+    // Kill it mid-stream, once it has committed some of the topic but not all.
+    wait_until("a first commit", Duration::from_secs(60), || {
+        processed_offsets(&log).len() as u64 > sent / 10
+    });
+    first.kill();
+    let before_restart = processed_offsets(&log).len() as u64;
+    assert!(
+        before_restart < sent,
+        "killed mid-stream ({before_restart} of {sent})"
+    );
+
+    let mut second = Pipewatch::start(dir.path(), "second", &kafka, &["--offsets-log", log_arg]);
+    wait_until("every event processed", Duration::from_secs(120), || {
+        processed_offsets(&log).len() as u64 >= sent
+    });
+    assert!(second.terminate(Duration::from_secs(15)).success());
+
+    let seen = processed_offsets(&log);
+    let per_partition: BTreeMap<i32, i64> = seen.keys().fold(BTreeMap::new(), |mut m, (p, o)| {
+        let top = m.entry(*p).or_insert(-1);
+        *top = (*top).max(*o);
+        m
+    });
+    for (&partition, &top) in &per_partition {
+        for offset in 0..=top {
+            assert!(
+                seen.contains_key(&(partition, offset)),
+                "offset {offset} of partition {partition} skipped"
+            );
+        }
+    }
+    let total: u64 = per_partition.values().map(|t| (t + 1) as u64).sum();
+    assert_eq!(total, sent, "every produced event is accounted for");
+    let repeats: u32 = seen.values().map(|n| n - 1).sum();
+    println!(
+        "{sent} events: {} processed at least once, {repeats} processed twice (after the kill), {} warm-up re-reads logged by the second instance",
+        seen.len(),
+        second.logged("warming up from history")
+    );
+}
+
+#[test]
+fn two_instances_split_the_partitions_and_each_stage_alerts_from_one() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-pair");
+    let out = |name: &str| dir.path().join(format!("{name}.alerts"));
+    let (a_out, b_out) = (out("a"), out("b"));
+    let a = Pipewatch::start(
+        dir.path(),
+        "a",
+        &kafka,
+        &["--alerts-out", a_out.to_str().unwrap()],
+    );
+    wait_until(
+        "the first instance's assignment",
+        Duration::from_secs(60),
+        || a.last_assignment().is_some_and(|l| l.contains(EVENTS)),
+    );
+    let b = Pipewatch::start(
+        dir.path(),
+        "b",
+        &kafka,
+        &["--alerts-out", b_out.to_str().unwrap()],
+    );
+    // Stable once both hold partitions (eager rebalance: a gives up all, then gets half).
+    wait_until(
+        "the partitions to be split",
+        Duration::from_secs(60),
+        || {
+            let count =
+                |p: &Pipewatch| p.last_assignment().map_or(0, |l| l.matches(EVENTS).count());
+            count(&b) > 0 && count(&a) > 0 && count(&a) + count(&b) == PARTITIONS as usize
+        },
+    );
+
+    let (labels, _) = produce_simulation(&kafka, 13);
+    let read = |path: &Path| -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("alert JSON"))
+            .collect()
+    };
+    wait_until("every fault to alert", Duration::from_secs(120), || {
+        let mut all = read(&a_out);
+        all.extend(read(&b_out));
+        unmatched_faults(&labels, &all).is_empty()
+    });
+    let stages = |alerts: &[Value]| -> HashSet<String> {
+        alerts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["pipeline"].as_str().unwrap(),
+                    a["stage"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (from_a, from_b) = (stages(&read(&a_out)), stages(&read(&b_out)));
+    println!("instance a alerted on {from_a:?}\ninstance b alerted on {from_b:?}");
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both instances do work"
+    );
+    let both: BTreeSet<_> = from_a.intersection(&from_b).collect();
+    assert!(
+        both.is_empty(),
+        "stages alerted by both instances: {both:?}"
+    );
+}
