@@ -4,6 +4,8 @@
 #   broker.sh start PORT   install tansu if missing, start it on 127.0.0.1:PORT, wait until it
 #                          answers Kafka requests, write the pid file
 #   broker.sh stop [PORT]  stop the broker on PORT (or every broker this script started)
+#   broker.sh topic PORT NAME PARTITIONS
+#                          create a topic on the broker on PORT (an existing one is kept)
 #   broker.sh status       list brokers started by this script
 #   broker.sh bin          install if missing and print the tansu binary path
 #
@@ -119,6 +121,18 @@ stop() {
   fi
 }
 
+topic() {
+  local port=${1:-} name=${2:-} partitions=${3:-}
+  [[ $port =~ ^[0-9]+$ && -n $name && $partitions =~ ^[0-9]+$ ]] || die "usage: broker.sh topic PORT NAME PARTITIONS"
+  local bin; bin=$(tansu_bin)
+  if "$bin" topic list --broker "tcp://127.0.0.1:$port" 2>/dev/null | grep -q "\"name\":\"$name\""; then
+    echo "topic $name exists"; return 0
+  fi
+  "$bin" topic create --broker "tcp://127.0.0.1:$port" --partitions "$partitions" "$name" >/dev/null \
+    || die "cannot create topic $name on 127.0.0.1:$port"
+  echo "created topic $name ($partitions partitions)"
+}
+
 status() {
   local any=0 f pid
   for f in "$RUN"/tansu-*.pid; do
@@ -132,7 +146,8 @@ status() {
 case ${1:-} in
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
+  topic) topic "${2:-}" "${3:-}" "${4:-}" ;;
   status) status ;;
   bin) tansu_bin ;;
-  *) echo "usage: broker.sh start PORT | stop [PORT] | status | bin" >&2; exit 2 ;;
+  *) echo "usage: broker.sh start PORT | stop [PORT] | topic PORT NAME PARTITIONS | status | bin" >&2; exit 2 ;;
 esac

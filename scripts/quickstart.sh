@@ -1,39 +1,89 @@
 #!/usr/bin/env bash
-# Replay quickstart: build pipewatch, simulate three days of four pipelines with one fault
-# of each kind injected, run them through the detector, and show what was injected next
-# to what was found. Files are kept in the directory given as $1 (default: a new temp dir).
+# quickstart.sh: everything pipewatch does, on this machine, in one command.
+#
+# Builds pipewatch, starts a local Kafka-compatible broker (Tansu, installed if missing, on
+# 127.0.0.1:$PORT), creates the topics, starts `pipewatch run` and the simulator producing
+# realistic events (two days of history with one fault of each kind, at $RATE events/s,
+# then fault-free live events in real time), and prints alerts as they arrive. Ctrl-C stops everything it
+# started. Files (config, logs, alerts, fault labels) are kept in the directory it prints.
+#
+#   PORT=19092 ./scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=${1:-$(mktemp -d -t pipewatch-quickstart.XXXXXX)}
-mkdir -p "$out"
-echo "== building pipewatch (release)"
+PORT=${PORT:-19092}
+RATE=${RATE:-10000}
+work=$(mktemp -d -t pipewatch-quickstart.XXXXXX)
+pids=()
+
+cleanup() {
+  trap - EXIT INT TERM
+  echo
+  echo "== stopping"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  scripts/broker.sh stop "$PORT" || true
+  echo "files kept in $work"
+}
+trap cleanup EXIT INT TERM
+
+echo "== building pipewatch (release; the first build takes a few minutes)"
 cargo build --release --quiet
 pw=target/release/pipewatch
 
-echo "== simulating 3 days of events with injected faults"
-"$pw" simulate --duration 3d --seed 7 --output "$out/events.ndjson" --labels "$out/faults.ndjson"
+echo "== starting the broker"
+scripts/broker.sh start "$PORT"
+scripts/broker.sh topic "$PORT" pipeline-events 4
+scripts/broker.sh topic "$PORT" pipeline-alerts 1
+scripts/broker.sh topic "$PORT" pipeline-events-dlq 1
 
-echo "== replaying them through the detector"
-"$pw" replay --input "$out/events.ndjson" --output "$out/alerts.ndjson" \
-    --scores "$out/scores.ndjson" --dead-letters "$out/dead-letters.ndjson"
+cat >"$work/pipewatch.toml" <<TOML
+[kafka]
+brokers = "127.0.0.1:$PORT"
+group_id = "pipewatch-quickstart"
 
-python3 - "$out" <<'PY'
+[kafka.properties]
+# Tansu delays a group join by half the session timeout: keep it short locally.
+"session.timeout.ms" = "6000"
+"heartbeat.interval.ms" = "500"
+TOML
+
+echo "== starting pipewatch (log: $work/pipewatch.log)"
+"$pw" --config "$work/pipewatch.toml" run --alerts-out "$work/alerts.ndjson" \
+  >/dev/null 2>"$work/pipewatch.log" &
+pids+=($!)
+
+echo "== starting the simulator: 4 pipelines, 16 stages"
+echo "   two days of history with one fault of each kind, at $RATE events/s (faults listed in"
+echo "   $work/faults.ndjson), then fault-free live events, in real time"
+(
+  "$pw" --config "$work/pipewatch.toml" simulate --kafka --start now-2d --duration 2d \
+    --rate "$RATE" --labels "$work/faults.ndjson"
+  "$pw" --config "$work/pipewatch.toml" simulate --kafka --start now --duration 1d \
+    --realtime --faults none
+) 2>"$work/simulate.log" &
+pids+=($!)
+
+cat <<INFO
+
+Alerts appear below as pipewatch sends them to the topic pipeline-alerts; invalid events go
+to pipeline-events-dlq. Also look at:
+  $work/alerts.ndjson    every alert, as JSON (the alert topic's content)
+  $work/pipewatch.log    what pipewatch is doing (partitions, warm-up, commits)
+Press Ctrl-C to stop.
+
+INFO
+touch "$work/alerts.ndjson"
+tail -n +1 -F "$work/alerts.ndjson" 2>/dev/null | python3 -u -c '
 import json, sys
-out = sys.argv[1]
-faults = [json.loads(l) for l in open(f"{out}/faults.ndjson")]
-alerts = [json.loads(l) for l in open(f"{out}/alerts.ndjson")]
-firing = [a for a in alerts if a["status"] == "firing"]
-print("\ninjected fault         where                      started               first matching alert")
-for f in faults:
-    hits = [a for a in firing if a["pipeline"] == f["pipeline"] and a["stage"] == f["stage"]
-            and a["kind"] == f["expected_alert"] and a["bucket_end"] > f["start"]]
-    hit = min(hits, key=lambda a: a["bucket_start"]) if hits else None
-    found = f'{hit["bucket_start"]}  {hit["severity"]}' if hit else (
-        "(data_loss: found by run tracking, issue #5)" if f["kind"] == "records_lost" else "not found")
-    print(f'{f["kind"]:<22} {f["pipeline"] + "/" + f["stage"]:<26} {f["start"][:19]}   {found}')
-print(f"\n{len(firing)} alerts fired, {len(alerts) - len(firing)} resolved. The firing ones:")
-for a in firing:
-    print(f'  {a["bucket_start"]}  {a["severity"]:<8} {a["summary"]}')
-print(f"\nFiles in {out}: events, faults (labels), alerts, scores (every scored bucket), dead-letters.")
-PY
+for line in sys.stdin:
+    try:
+        a = json.loads(line)
+    except ValueError:
+        continue
+    mark = "FIRING  " if a["status"] == "firing" else "resolved"
+    when, severity, kind, summary = a["bucket_end"], a["severity"], a["kind"], a["summary"]
+    print(f"{when}  {mark} {severity:<8} {kind:<16} {summary}", flush=True)
+' &
+pids+=($!)
+wait "${pids[0]}"

@@ -148,11 +148,12 @@ pub fn run(args: SimulateArgs, settings: &Settings) -> anyhow::Result<()> {
             rate: (args.rate > 0.0).then_some(args.rate),
             realtime: args.realtime,
         };
-        let sent = super::kafka::produce(&mut sim, &settings.kafka, &topic, pace)?;
+        // Labels first: a `--realtime` run may take days to finish producing.
         if let Some(path) = &args.labels {
             write_labels(path, &sim.labels())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
+        let sent = super::kafka::produce(&mut sim, &settings.kafka, &topic, pace)?;
         eprintln!(
             "simulate: {sent} events to Kafka topic {topic} at {}",
             settings.kafka.brokers
