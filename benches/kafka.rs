@@ -40,7 +40,10 @@ fn settings(port: u16, group: &str) -> Settings {
     s.kafka.topics = vec![TOPIC.into()];
     s.kafka.alert_topic = "bench-alerts".into();
     s.kafka.dead_letter_topic = "bench-dlq".into();
-    for (k, v) in [("session.timeout.ms", "6000"), ("heartbeat.interval.ms", "500")] {
+    for (k, v) in [
+        ("session.timeout.ms", "6000"),
+        ("heartbeat.interval.ms", "500"),
+    ] {
         s.kafka.properties.insert(k.into(), v.into());
     }
     s
@@ -67,7 +70,9 @@ fn produce(kafka: &KafkaSettings) -> usize {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    producer.flush(Duration::from_secs(120)).expect("all delivered");
+    producer
+        .flush(Duration::from_secs(120))
+        .expect("all delivered");
     bytes
 }
 
@@ -125,7 +130,8 @@ fn main() {
     broker("start", port);
     let base = settings(port, "setup");
     pipewatch::kafka::create_topics(&base.kafka, &[TOPIC], 4).expect("topic");
-    pipewatch::kafka::create_topics(&base.kafka, &["bench-alerts", "bench-dlq"], 1).expect("topics");
+    pipewatch::kafka::create_topics(&base.kafka, &["bench-alerts", "bench-dlq"], 1)
+        .expect("topics");
     let t = Instant::now();
     let bytes = produce(&base.kafka);
     eprintln!(

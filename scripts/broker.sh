@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # broker.sh - run a throwaway Kafka-compatible broker (Tansu, in-memory storage) on loopback.
 #
-#   broker.sh start PORT   install tansu if missing, start it on 127.0.0.1:PORT, wait until it
-#                          answers Kafka requests, write the pid file
+#   broker.sh start PORT [ADVERTISED_PORT]
+#                          install tansu if missing, start it on 127.0.0.1:PORT, wait until it
+#                          answers Kafka requests, write the pid file. Clients are told to
+#                          connect to ADVERTISED_PORT (default PORT): tests put a proxy there
+#                          to cut the connection without losing the broker's data.
 #   broker.sh stop [PORT]  stop the broker on PORT (or every broker this script started)
 #   broker.sh topic PORT NAME PARTITIONS
 #                          create a topic on the broker on PORT (an existing one is kept)
@@ -58,7 +61,7 @@ is_our_tansu() {  # pid -> true if it is alive and is a tansu process
 }
 
 start() {
-  local port=${1:-}
+  local port=${1:-} advertised=${2:-${1:-}}
   [[ $port =~ ^[0-9]+$ ]] && (( port > 0 && port < 65536 )) || die "usage: broker.sh start PORT"
   local pidf=$RUN/tansu-$port.pid log=$RUN/tansu-$port.log
   mkdir -p "$RUN"
@@ -75,7 +78,7 @@ start() {
       -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
     nohup "$bin" broker \
       --listener-url "tcp://127.0.0.1:$port" \
-      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$advertised" \
       --storage-engine memory://tansu/ \
       </dev/null >>"$log" 2>&1 &
   local pid=$!
@@ -144,10 +147,10 @@ status() {
 }
 
 case ${1:-} in
-  start) start "${2:-}" ;;
+  start) start "${2:-}" "${3:-}" ;;
   stop) stop "${2:-}" ;;
   topic) topic "${2:-}" "${3:-}" "${4:-}" ;;
   status) status ;;
   bin) tansu_bin ;;
-  *) echo "usage: broker.sh start PORT | stop [PORT] | topic PORT NAME PARTITIONS | status | bin" >&2; exit 2 ;;
+  *) echo "usage: broker.sh start PORT [ADVERTISED_PORT] | stop [PORT] | topic PORT NAME PARTITIONS | status | bin" >&2; exit 2 ;;
 esac

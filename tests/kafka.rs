@@ -26,34 +26,44 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A Tansu broker on a free loopback port, stopped on drop.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A Tansu broker on a free loopback port, stopped on drop. Clients reach it at
+/// `advertised`, which is its own port unless a [`Proxy`] stands in front of it.
 struct Broker {
     port: u16,
+    advertised: u16,
 }
 
 impl Broker {
     fn start() -> Broker {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let broker = Broker { port };
-        broker.run("start");
+        let port = free_port();
+        Broker::start_advertising(port, port)
+    }
+
+    fn start_advertising(port: u16, advertised: u16) -> Broker {
+        let broker = Broker { port, advertised };
+        broker.run(&["start", &port.to_string(), &advertised.to_string()]);
         broker
     }
 
-    fn run(&self, verb: &str) {
+    fn run(&self, args: &[&str]) {
         let status = Command::new(repo().join("scripts/broker.sh"))
-            .args([verb, &self.port.to_string()])
+            .args(args)
             .stdout(Stdio::null())
             .status()
             .expect("scripts/broker.sh runs");
-        assert!(status.success(), "broker.sh {verb} {} failed", self.port);
+        assert!(status.success(), "broker.sh {args:?} failed");
     }
 
     fn kafka(&self, group: &str) -> KafkaSettings {
         let mut kafka = Settings::defaults().kafka;
-        kafka.brokers = format!("127.0.0.1:{}", self.port);
+        kafka.brokers = format!("127.0.0.1:{}", self.advertised);
         kafka.group_id = group.to_string();
         // Tansu delays a group join by half the session timeout: keep it short.
         for (k, v) in [
@@ -74,7 +84,66 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.run("stop");
+        self.run(&["stop", &self.port.to_string()]);
+    }
+}
+
+/// A TCP proxy on loopback that can cut every connection and refuse new ones, then come
+/// back: a broker outage, as clients see it, without losing the broker's data.
+struct Proxy {
+    up: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(listen: u16, upstream: u16) -> Proxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let up = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(Vec::<std::net::TcpStream>::new()));
+        let (flag, conns) = (Arc::clone(&up), Arc::clone(&connections));
+        std::thread::spawn(move || loop {
+            let listener = TcpListener::bind(("127.0.0.1", listen)).expect("proxy port");
+            listener.set_nonblocking(true).expect("nonblocking");
+            while flag.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        client.set_nonblocking(false).expect("blocking");
+                        let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream))
+                        else {
+                            continue;
+                        };
+                        let mut all = conns.lock().unwrap();
+                        for (mut from, mut to) in [
+                            (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                            (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                        ] {
+                            std::thread::spawn(move || {
+                                let _ = std::io::copy(&mut from, &mut to);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                            });
+                        }
+                        all.extend([client, server]);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            drop(listener);
+            while !flag.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Proxy { up, connections }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -492,4 +561,69 @@ fn two_instances_split_the_partitions_and_each_stage_alerts_from_one() {
         both.is_empty(),
         "stages alerted by both instances: {both:?}"
     );
+}
+
+#[test]
+fn a_broker_outage_mid_stream_loses_nothing() {
+    let (broker_port, proxy_port) = (free_port(), free_port());
+    let proxy = Proxy::start(proxy_port, broker_port);
+    let broker = Broker::start_advertising(broker_port, proxy_port);
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-outage");
+    let log = dir.path().join("offsets.log");
+    let mut pw = Pipewatch::start(
+        dir.path(),
+        "outage",
+        &kafka,
+        &["--offsets-log", log.to_str().unwrap()],
+    );
+    wait_until("the assignment", Duration::from_secs(60), || {
+        pw.last_assignment().is_some()
+    });
+
+    // Events keep coming before, during and after the outage; the producer buffers them.
+    let producing = std::thread::spawn({
+        let kafka = kafka.clone();
+        move || {
+            let mut sim = Simulation::new(SimOptions {
+                seed: 14,
+                start: chrono::Utc::now() - chrono::Duration::days(1),
+                duration: Duration::from_secs(86_400),
+                ..SimOptions::default()
+            })
+            .expect("valid options");
+            let pace = Pace {
+                rate: Some(8_000.0),
+                realtime: false,
+            };
+            pipewatch::simulate::produce(&mut sim, &kafka, EVENTS, pace).expect("all delivered")
+        }
+    });
+    wait_until("processing to start", Duration::from_secs(30), || {
+        !processed_offsets(&log).is_empty()
+    });
+    let errors_before = pw.logged("kafka:");
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(5));
+    let during = processed_offsets(&log).len();
+    proxy.restore();
+    let sent = producing.join().expect("producer thread");
+    wait_until("every event processed", Duration::from_secs(120), || {
+        processed_offsets(&log).len() as u64 >= sent
+    });
+    assert!(pw.logged("kafka:") > errors_before, "the outage is logged");
+    assert!(pw.terminate(Duration::from_secs(15)).success());
+    let seen = processed_offsets(&log);
+    let total: u64 = (0..PARTITIONS)
+        .map(|p| seen.range((p, 0)..(p, i64::MAX)).count() as u64)
+        .sum();
+    assert_eq!(total, sent, "every produced event processed, none skipped");
+    for &(p, o) in seen.keys() {
+        assert!(
+            o == 0 || seen.contains_key(&(p, o - 1)),
+            "gap before offset {o} of partition {p}"
+        );
+    }
+    println!("{sent} events, {during} processed when the connection was cut for 5 s, all processed after");
 }
