@@ -96,10 +96,14 @@ fn raw(kafka: &KafkaSettings) -> f64 {
 fn pipewatch(settings: &Settings) -> f64 {
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = std::thread::spawn({
-        let (settings, progress, stop) = (settings.clone(), progress.clone(), stop.clone());
-        move || consume(&settings, &RunArgs::default(), &stop, progress).expect("consumes")
-    });
+    // Named, so that a profiler can tell its time from the raw consumer's.
+    let worker = std::thread::Builder::new()
+        .name("pipewatch".into())
+        .spawn({
+            let (settings, progress, stop) = (settings.clone(), progress.clone(), stop.clone());
+            move || consume(&settings, &RunArgs::default(), &stop, progress).expect("consumes")
+        })
+        .expect("a thread");
     while progress.processed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_micros(200));
     }

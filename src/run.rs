@@ -421,6 +421,7 @@ impl Worker {
                 return false;
             }
         }
+        let started = Instant::now();
         if !self.sink.flush(FLUSH_TIMEOUT) {
             tracing::warn!(
                 in_flight = self.sink.in_flight(),
@@ -429,8 +430,15 @@ impl Worker {
             self.counters.commits_failed += 1;
             return false;
         }
+        let flushed = started.elapsed();
         match consumer.commit(&offsets, CommitMode::Sync) {
             Ok(()) => {
+                tracing::debug!(
+                    partitions = offsets.count(),
+                    ?flushed,
+                    total = ?started.elapsed(),
+                    "committed"
+                );
                 self.counters.commits += 1;
                 for task in &mut self.tasks {
                     if task.warm_until.is_none() {
