@@ -2,7 +2,7 @@
 //! every message gets exactly one counted outcome.
 
 use pipewatch::config::Settings;
-use pipewatch::decode::{decode, DecodeLimits};
+use pipewatch::decode::{decode, decode_with_serde, scan, DecodeLimits};
 use pipewatch::engine::{Engine, Outcome, Outputs};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -165,5 +165,447 @@ proptest! {
                 prop_assert!(x.is_finite(), "{row:?}");
             }
         }
+    }
+}
+
+// The fast path (`decode::scan`) against the serde path it stands in front of. Texts are
+// built as text, not through serde_json, so that they have what serializers never write:
+// whitespace anywhere, escapes, numbers in every form, invalid JSON, duplicate keys.
+
+/// Whitespace between tokens: usually none, as producers write it.
+fn ws() -> impl Strategy<Value = &'static str> {
+    prop_oneof![6 => Just(""), 1 => Just(" "), 1 => Just("\n\t"), 1 => Just("\r\n  ")]
+}
+
+/// A JSON number as text, valid or not: signs, leading zeros, fractions, exponents,
+/// integers beyond u64, values beyond f64 and beyond 2^53.
+fn number_text() -> impl Strategy<Value = String> {
+    let int = prop_oneof![
+        3 => "[1-9][0-9]{0,5}",
+        2 => Just("0".to_string()),
+        2 => "[1-9][0-9]{12,24}",
+        1 => "0[0-9]{1,3}",
+        1 => Just(String::new()),
+    ];
+    let formed = (
+        prop_oneof![4 => Just(""), 1 => Just("-"), 1 => Just("+")],
+        int,
+        prop_oneof![3 => Just(String::new()), 3 => "\\.[0-9]{1,8}", 1 => "\\.[0-9]{9,25}", 1 => Just(".".to_string())],
+        prop_oneof![6 => Just(String::new()), 1 => "[eE][+-]?[0-9]{1,3}", 1 => "[eE][+-]?[0-9]{0,6}"],
+    )
+        .prop_map(|(sign, int, frac, exp)| format!("{sign}{int}{frac}{exp}"));
+    prop_oneof![
+        8 => formed,
+        1 => prop::sample::select(vec![
+            "-0", "-0.0", "0e5", "1e22", "1e23", "9007199254740992.0", "9007199254740993.0",
+            "18446744073709551615", "18446744073709551616", "1e999", "-1e999", "1e-400",
+            "0.1e-22", "123456789012345678.9", "1793491200000", "1793491200000.0",
+            "1793491200000e0", "4.9e-324", "1.7976931348623157e308", "1e15", "1000000000000.5",
+        ])
+        .prop_map(String::from),
+        2 => any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| x.to_string()),
+        2 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => any::<i64>().prop_map(|n| n.to_string()),
+    ]
+}
+
+/// A JSON string as text: plain, escaped, non-ASCII, control characters, invalid escapes,
+/// empty, or too long.
+fn string_text() -> impl Strategy<Value = String> {
+    let content = prop_oneof![
+        40 => "[a-z_0-9-]{1,12}",
+        1 => Just(String::new()),
+        1 => "[a-z]{0,4}(\\\\[\"\\\\/bfnrt]|\\\\u00e9|\\\\u0041|\\\\q|\\\\u12)[a-z]{0,4}",
+        1 => "[a-zé€😀]{1,6}",
+        1 => "[a-z]{0,3}[\u{1}\u{1f}\t][a-z]{0,3}",
+        1 => "[a-z]{127,130}",
+        1 => "[é]{100,130}",
+    ];
+    content.prop_map(|c| format!("\"{c}\""))
+}
+
+/// A number that is usually valid JSON and converts exactly, in any of its forms.
+fn decimal_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => "-?(0|[1-9][0-9]{0,5})(\\.[0-9]{1,7})?([eE][+-]?[0-9]{1,2})?",
+        1 => number_text(),
+    ]
+}
+
+fn timestamp_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => (1_700_000_000_000i64..1_900_000_000_000).prop_map(|n| n.to_string()),
+        4 => (2000u32..2200, 1u32..13, 1u32..32, 0u32..24, 0u32..60, 0u32..61, "(\\.[0-9]{1,10})?", prop_oneof![8 => Just("Z"), 1 => Just("z"), 1 => Just("+02:00"), 1 => Just("-00:30"), 1 => Just("")])
+            .prop_map(|(y, mo, d, h, mi, s, frac, z)| {
+                format!("\"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{z}\"")
+            }),
+        1 => Just("\"2026-11-17T10:00:00Z\"".to_string()),
+        1 => number_text(),
+        1 => string_text(),
+    ]
+}
+
+/// A container value as text, from the value strategy given.
+fn array_text(item: BoxedStrategy<String>) -> impl Strategy<Value = String> {
+    (prop::collection::vec(item, 0..4), ws())
+        .prop_map(|(items, ws)| format!("[{ws}{}{ws}]", items.join(&format!("{ws},{ws}"))))
+}
+
+fn object_text(
+    key: BoxedStrategy<String>,
+    value: BoxedStrategy<String>,
+) -> impl Strategy<Value = String> {
+    (prop::collection::vec((key, value), 0..4), ws()).prop_map(|(entries, ws)| {
+        let entries: Vec<String> = entries
+            .into_iter()
+            .map(|(k, v)| format!("{k}{ws}:{ws}{v}"))
+            .collect();
+        format!("{{{ws}{}{ws}}}", entries.join(&format!("{ws},{ws}")))
+    })
+}
+
+/// Any value as text, for a field to get the wrong kind.
+fn any_value_text() -> BoxedStrategy<String> {
+    prop_oneof![
+        Just("null".to_string()),
+        Just("true".to_string()),
+        Just("false".to_string()),
+        Just("nul".to_string()),
+        number_text(),
+        string_text(),
+        array_text(string_text().boxed()),
+        object_text(string_text().boxed(), number_text().boxed()),
+    ]
+    .boxed()
+}
+
+/// The value of field `key` as text, always valid for it (`clean`) or usually.
+fn field_text(key: &'static str, clean: bool) -> BoxedStrategy<String> {
+    if clean {
+        return clean_field_text(key);
+    }
+    let right: BoxedStrategy<String> = match key {
+        "timestamp" => timestamp_text().boxed(),
+        "status" => prop_oneof![
+            4 => prop::sample::select(vec!["\"success\"", "\"failure\"", "\"retry\"", "\"skipped\""]).prop_map(String::from),
+            1 => string_text(),
+        ]
+        .boxed(),
+        "records_in" | "records_out" | "records_rejected" | "bytes" | "errors" => prop_oneof![
+            6 => (0u64..1_000_000).prop_map(|n| n.to_string()),
+            1 => number_text(),
+        ]
+        .boxed(),
+        "duration_ms" => prop_oneof![
+            2 => (0.0f64..1e4).prop_map(|x| x.to_string()),
+            2 => (0u32..100_000, 0u32..10).prop_map(|(a, b)| format!("{a}.{b}")),
+            3 => decimal_text(),
+        ]
+        .boxed(),
+        "quality" => object_text(
+            prop_oneof![8 => "\"[a-z_]{1,12}\"", 2 => Just("\"null_rate\"".to_string()), 1 => string_text()].boxed(),
+            prop_oneof![
+                6 => (0.0f64..1.0).prop_map(|x| x.to_string()),
+                2 => (0u32..1000).prop_map(|n| n.to_string()),
+                6 => decimal_text(),
+                1 => any_value_text(),
+            ]
+            .boxed(),
+        )
+        .boxed(),
+        "upstream" => array_text(prop_oneof![20 => string_text(), 1 => any_value_text()].boxed()).boxed(),
+        "attributes" => object_text(string_text().boxed(), prop_oneof![20 => string_text(), 1 => any_value_text()].boxed()).boxed(),
+        _ => string_text().boxed(),
+    };
+    prop_oneof![40 => right, 1 => Just("null".to_string()), 1 => any_value_text()].boxed()
+}
+
+/// A value event decoding accepts for field `key`, in any of the forms JSON allows; the
+/// fast path declines some (escapes, non-ASCII, exponents beyond 1e22), never wrongly.
+fn clean_field_text(key: &'static str) -> BoxedStrategy<String> {
+    let plain = || {
+        prop_oneof![
+            30 => "\"[a-z_0-9-]{1,12}\"",
+            1 => "\"[a-z]{0,4}(\\\\[\"\\\\/bfnrt]|\\\\u00e9)[a-z]{0,4}\"",
+            1 => "\"[a-zé€😀]{1,6}\"",
+        ]
+    };
+    // Non-negative, with fractions and exponents; negative ones sometimes.
+    let decimal = || {
+        prop_oneof![
+            8 => "(0|[1-9][0-9]{0,5})(\\.[0-9]{1,7})?([eE][+-]?[0-9])?",
+            1 => "-(0|[1-9][0-9]{0,5})(\\.[0-9]{1,7})?([eE][+-]?[0-9]{1,2})?",
+        ]
+    };
+    match key {
+        "timestamp" => prop_oneof![
+            (1_700_000_000_000i64..1_900_000_000_000).prop_map(|n| n.to_string()),
+            (
+                2000u32..2200,
+                1u32..13,
+                1u32..29,
+                0u32..24,
+                0u32..60,
+                0u32..60,
+                "(\\.[0-9]{1,9})?",
+                prop_oneof![8 => Just("Z"), 1 => Just("+02:00")]
+            )
+                .prop_map(|(y, mo, d, h, mi, s, frac, z)| {
+                    format!("\"{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}{z}\"")
+                }),
+        ]
+        .boxed(),
+        "status" => prop::sample::select(vec![
+            "\"success\"",
+            "\"failure\"",
+            "\"retry\"",
+            "\"skipped\"",
+            "null",
+        ])
+        .prop_map(String::from)
+        .boxed(),
+        "records_in" | "records_out" | "records_rejected" | "bytes" | "errors" => prop_oneof![
+            8 => (0u64..1_000_000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => Just("null".to_string()),
+        ]
+        .boxed(),
+        "duration_ms" => prop_oneof![8 => decimal(), 1 => "[0-9]{1,6}"].boxed(),
+        "quality" => object_text(
+            prop_oneof![20 => "\"[a-z_]{1,12}\"", 1 => Just("\"null_rate\"".to_string())].boxed(),
+            prop_oneof![4 => decimal(), 1 => "[0-9]{1,6}"].boxed(),
+        )
+        .boxed(),
+        "upstream" => array_text(plain().boxed()).boxed(),
+        "attributes" => object_text(plain().boxed(), plain().boxed()).boxed(),
+        _ => plain().boxed(),
+    }
+}
+
+const KEYS: [&str; 15] = [
+    "pipeline",
+    "stage",
+    "timestamp",
+    "event_id",
+    "correlation_id",
+    "status",
+    "records_in",
+    "records_out",
+    "records_rejected",
+    "bytes",
+    "duration_ms",
+    "errors",
+    "quality",
+    "upstream",
+    "attributes",
+];
+
+/// An event-shaped text: the known fields in the schema's order or shuffled, some
+/// missing, some twice, unknown and escaped keys among them, whitespace anywhere.
+fn event_text() -> impl Strategy<Value = String> {
+    any::<bool>().prop_flat_map(event_text_of)
+}
+
+fn event_text_of(clean: bool) -> impl Strategy<Value = String> {
+    let fields: Vec<BoxedStrategy<(String, String)>> = KEYS
+        .iter()
+        .map(|&k| {
+            field_text(k, clean)
+                .prop_map(move |v| (format!("\"{k}\""), v))
+                .boxed()
+        })
+        .collect();
+    let extra = (
+        prop_oneof![
+            Just("\"extra\"".to_string()),
+            Just("\"pipelin\\u0065\"".to_string()),
+            Just("\"Stage\"".to_string()),
+            Just("\"\"".to_string()),
+            prop::sample::select(KEYS.to_vec()).prop_map(|k| format!("\"{k}\"")),
+        ],
+        any_value_text(),
+    );
+    (
+        fields,
+        prop::collection::vec(prop::bool::weighted(0.9), KEYS.len()),
+        prop::collection::vec(extra, 0..if clean { 1 } else { 3 }),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+        ws(),
+        ws(),
+    )
+        .prop_flat_map(|(fields, keep, extra, shuffle, at, ws, edge)| {
+            let mut entries: Vec<(String, String)> = fields
+                .into_iter()
+                .zip(keep)
+                .filter_map(|(f, k)| k.then_some(f))
+                .collect();
+            for e in extra {
+                entries.insert(at.index(entries.len() + 1), e);
+            }
+            let entries = if shuffle {
+                Just(entries).prop_shuffle().boxed()
+            } else {
+                Just(entries).boxed()
+            };
+            entries.prop_map(move |entries| {
+                let members: Vec<String> = entries
+                    .iter()
+                    .map(|(k, v)| format!("{k}{ws}:{ws}{v}"))
+                    .collect();
+                format!(
+                    "{edge}{{{ws}{}{ws}}}{edge}",
+                    members.join(&format!("{ws},{ws}"))
+                )
+            })
+        })
+}
+
+/// The fast path may decline anything, but what it accepts it must decode exactly as the
+/// serde path does (compared through `Debug`, which tells -0.0 from 0.0), and `decode`
+/// must answer exactly as the serde path alone does.
+fn same_as_serde(text: &str) -> Result<(), TestCaseError> {
+    let bytes = text.as_bytes();
+    let unlimited = DecodeLimits::new(usize::MAX, i64::MAX, 0);
+    if let Some(fast) = std::str::from_utf8(bytes).ok().and_then(scan::event) {
+        match decode_with_serde(bytes, &unlimited) {
+            Ok(slow) => prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", text),
+            Err(r) => prop_assert!(false, "fast path accepted what serde refuses ({r}): {text}"),
+        }
+    }
+    for limits in [limits(), unlimited] {
+        let (fast, slow) = (decode(bytes, &limits), decode_with_serde(bytes, &limits));
+        prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", text);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_path_agrees_on_event_texts(text in event_text()) {
+        same_as_serde(&text)?;
+    }
+
+    #[test]
+    fn fast_path_agrees_on_serialized_events(value in event_like()) {
+        same_as_serde(&serde_json::to_string(&value).unwrap())?;
+        same_as_serde(&serde_json::to_string_pretty(&value).unwrap())?;
+    }
+
+    #[test]
+    fn fast_path_agrees_on_any_json(value in any_json()) {
+        same_as_serde(&serde_json::to_string(&value).unwrap())?;
+    }
+
+    #[test]
+    fn fast_path_agrees_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let unlimited = DecodeLimits::new(usize::MAX, i64::MAX, 0);
+        let (fast, slow) = (decode(&bytes, &unlimited), decode_with_serde(&bytes, &unlimited));
+        prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+    }
+}
+
+#[test]
+fn fast_path_takes_the_simulated_events() {
+    let mut sim = pipewatch::simulate::Simulation::new(pipewatch::simulate::SimOptions::default())
+        .expect("default options are valid");
+    for bytes in sim.events().take(20_000) {
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(scan::event(text).is_some(), "declined {text}");
+        same_as_serde(text).unwrap();
+    }
+}
+
+/// Each limit, just within and just beyond, and each field's `null`.
+#[test]
+fn fast_path_agrees_at_the_limits() {
+    let base = r#""pipeline":"p","stage":"s""#;
+    let mut texts = Vec::new();
+    for ts in [
+        "946684799999",
+        "946684800000",
+        "7258118399999",
+        "7258118400000",
+        "\"1999-12-31T23:59:59.999Z\"",
+        "\"2000-01-01T00:00:00Z\"",
+        "\"2199-12-31T23:59:59.999999999Z\"",
+        "\"2200-01-01T00:00:00Z\"",
+        "9223372036854775807",
+        "9223372036854775808",
+    ] {
+        texts.push(format!(r#"{{{base},"timestamp":{ts}}}"#));
+    }
+    let with = |field: &str, value: String| {
+        format!(r#"{{{base},"timestamp":1793491200000,"{field}":{value}}}"#)
+    };
+    for (field, limit) in [
+        ("event_id", 128),
+        ("correlation_id", 256),
+        ("status", 7),
+        ("upstream", 128),
+    ] {
+        for n in [limit, limit + 1] {
+            let s = format!("\"{}\"", "x".repeat(n));
+            texts.push(with(
+                field,
+                if field == "upstream" {
+                    format!("[{s}]")
+                } else {
+                    s
+                },
+            ));
+        }
+    }
+    for n in [128, 129] {
+        texts.push(format!(
+            r#"{{"pipeline":"{}","stage":"s","timestamp":1793491200000}}"#,
+            "x".repeat(n)
+        ));
+        texts.push(with("quality", format!(r#"{{"{}":1}}"#, "q".repeat(n))));
+        texts.push(with(
+            "attributes",
+            format!(r#"{{"{}":"v"}}"#, "k".repeat(n)),
+        ));
+    }
+    for n in [1024, 1025] {
+        texts.push(with(
+            "attributes",
+            format!(r#"{{"k":"{}"}}"#, "v".repeat(n)),
+        ));
+    }
+    for n in [64, 65] {
+        let list = |item: &dyn Fn(usize) -> String| (0..n).map(item).collect::<Vec<_>>().join(",");
+        texts.push(with(
+            "quality",
+            format!("{{{}}}", list(&|i| format!(r#""q{i}":{i}"#))),
+        ));
+        texts.push(with(
+            "upstream",
+            format!("[{}]", list(&|i| format!(r#""s{i}""#))),
+        ));
+        texts.push(with(
+            "attributes",
+            format!("{{{}}}", list(&|i| format!(r#""a{i}":"v""#))),
+        ));
+    }
+    for x in ["1e12", "1000000000000.5", "1000000000001", "-0.0", "0"] {
+        texts.push(with("duration_ms", x.to_string()));
+    }
+    for x in [
+        "1e15",
+        "-1e15",
+        "1000000000000000.5",
+        "1000000000000001",
+        "-0e0",
+    ] {
+        texts.push(with("quality", format!(r#"{{"q":{x}}}"#)));
+    }
+    for field in KEYS {
+        texts.push(with(field, "null".to_string()));
+    }
+    for text in &texts {
+        same_as_serde(text).unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -58,6 +58,9 @@ pub struct Band {
 /// (in the metric's units); the band is reported in the metric's units.
 pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
     let Baseline { expected, std_dev } = baseline;
+    // Every bucket of every series is judged: the transcendental functions of the log
+    // scale are most of the cost, so each one is computed once.
+    let expected_level = policy.from_scale(expected);
     // Half-widths above and below the expected value: they differ only when the minimum
     // relative rise and fall do.
     let half_width = |min_relative: f64| {
@@ -66,7 +69,7 @@ pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
                 .min_absolute_change
                 .max(min_relative * expected.abs()),
             Scale::Log => {
-                let level = policy.from_scale(expected).max(f64::MIN_POSITIVE);
+                let level = expected_level.max(f64::MIN_POSITIVE);
                 min_relative
                     .ln_1p()
                     .max((policy.min_absolute_change / level).ln_1p())
@@ -78,10 +81,12 @@ pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
             // but the score must stay finite.
             .max(f64::EPSILON * expected.abs().max(1.0))
     };
-    let (above, below) = (
-        half_width(policy.min_relative_rise),
-        half_width(policy.min_relative_fall),
-    );
+    let above = half_width(policy.min_relative_rise);
+    let below = if policy.min_relative_fall.to_bits() == policy.min_relative_rise.to_bits() {
+        above
+    } else {
+        half_width(policy.min_relative_fall)
+    };
     let score = (!value.is_nan()).then(|| {
         let deviation = policy.to_scale(value) - expected;
         let half = if deviation >= 0.0 { above } else { below };
@@ -96,7 +101,7 @@ pub fn band(policy: &Policy, baseline: Baseline, value: f64) -> Band {
         None => (false, false),
     };
     Band {
-        expected: policy.from_scale(expected),
+        expected: expected_level,
         lower: policy.from_scale(expected - below),
         upper: policy.from_scale(expected + above),
         score,

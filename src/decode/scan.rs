@@ -1,0 +1,500 @@
+//! The fast path: one pass over the bytes of an ordinary event, building the [`Event`]
+//! directly.
+//!
+//! It knows only the plain shape nearly every producer sends: an object of the known
+//! fields, strings without escapes, counts as plain integers, numbers that convert
+//! exactly. Anything else, valid or not, it declines with `None`, and the serde path
+//! (`super::decode_with_serde`) decides, so every rejection keeps coming from that one
+//! precise place. For every input it accepts it gives exactly the event the serde path
+//! gives; `tests/decode_fuzz.rs` checks that.
+//!
+//! The caller has checked that the input is UTF-8, so a string's bytes between two
+//! quotes are a valid `str`.
+
+use std::borrow::Cow;
+
+use super::{
+    Event, Status, MAX_ATTRIBUTES, MAX_ATTRIBUTE_LEN, MAX_CORRELATION_ID_LEN, MAX_DURATION_MS,
+    MAX_EVENT_ID_LEN, MAX_FIGURE, MAX_NAME_LEN, MAX_QUALITY_FIGURES, MAX_TIMESTAMP_MS,
+    MAX_UPSTREAM, MIN_TIMESTAMP_MS,
+};
+
+/// Decodes `text` if it has the plain shape and is valid; `None` otherwise.
+pub fn event(text: &str) -> Option<Event<'_>> {
+    let mut s = Scanner {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    let mut event = Event {
+        pipeline: Cow::Borrowed(""),
+        stage: Cow::Borrowed(""),
+        timestamp_ms: 0,
+        event_id: None,
+        correlation_id: None,
+        status: Status::Success,
+        records_in: None,
+        records_out: None,
+        records_rejected: None,
+        bytes: None,
+        duration_ms: None,
+        errors: None,
+        quality: Vec::new(),
+        upstream: Vec::new(),
+    };
+    // One bit per known field, in the order of `KEYS`: a field seen twice is refused
+    // by the serde path, so it is declined here.
+    let mut seen = 0u16;
+    // Producers write the fields in a fixed order, most in the schema's: the key expected
+    // next is checked first, and only a miss pays for reading and matching the key.
+    let mut next = 0;
+    s.expect(b'{')?;
+    if !s.eat(b'}') {
+        loop {
+            let field = match KEYS.get(next) {
+                Some(key) if s.bytes[s.pos..].starts_with(key) => {
+                    s.pos += key.len();
+                    next
+                }
+                _ => {
+                    let key = s.string()?;
+                    s.expect(b':')?;
+                    let Some(field) = KEYS
+                        .iter()
+                        .position(|k| k[1..k.len() - 2] == *key.as_bytes())
+                    else {
+                        s.skip_scalar()?;
+                        if s.delimiter(b'}')? {
+                            break;
+                        }
+                        continue;
+                    };
+                    field
+                }
+            };
+            next = field + 1;
+            let bit = 1 << field;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            s.skip_ws();
+            // `null` means absent for every optional field; required ones decline.
+            let null = s.null();
+            match field {
+                PIPELINE if !null => event.pipeline = Cow::Borrowed(s.name(MAX_NAME_LEN)?),
+                STAGE if !null => event.stage = Cow::Borrowed(s.name(MAX_NAME_LEN)?),
+                TIMESTAMP if !null => event.timestamp_ms = s.timestamp()?,
+                PIPELINE | STAGE | TIMESTAMP => return None,
+                _ if null => {}
+                EVENT_ID => event.event_id = Some(Cow::Borrowed(s.name(MAX_EVENT_ID_LEN)?)),
+                CORRELATION_ID => {
+                    event.correlation_id = Some(Cow::Borrowed(s.name(MAX_CORRELATION_ID_LEN)?))
+                }
+                STATUS => event.status = s.status()?,
+                RECORDS_IN => event.records_in = Some(s.count()?),
+                RECORDS_OUT => event.records_out = Some(s.count()?),
+                RECORDS_REJECTED => event.records_rejected = Some(s.count()?),
+                BYTES => event.bytes = Some(s.count()?),
+                ERRORS => event.errors = Some(s.count()?),
+                DURATION_MS => event.duration_ms = Some(s.duration()?),
+                QUALITY => event.quality = s.quality()?,
+                UPSTREAM => event.upstream = s.upstream()?,
+                _ => s.attributes()?,
+            }
+            if s.delimiter(b'}')? {
+                break;
+            }
+        }
+    }
+    s.skip_ws();
+    let required = 1 << PIPELINE | 1 << STAGE | 1 << TIMESTAMP;
+    (s.pos == s.bytes.len() && seen & required == required).then_some(event)
+}
+
+/// The known top-level fields, quoted and followed by a colon as producers write them;
+/// a field's bit in `seen` is its index here.
+const KEYS: [&[u8]; 15] = [
+    b"\"pipeline\":",
+    b"\"stage\":",
+    b"\"timestamp\":",
+    b"\"event_id\":",
+    b"\"correlation_id\":",
+    b"\"status\":",
+    b"\"records_in\":",
+    b"\"records_out\":",
+    b"\"records_rejected\":",
+    b"\"bytes\":",
+    b"\"duration_ms\":",
+    b"\"errors\":",
+    b"\"quality\":",
+    b"\"upstream\":",
+    b"\"attributes\":",
+];
+const PIPELINE: usize = 0;
+const STAGE: usize = 1;
+const TIMESTAMP: usize = 2;
+const EVENT_ID: usize = 3;
+const CORRELATION_ID: usize = 4;
+const STATUS: usize = 5;
+const RECORDS_IN: usize = 6;
+const RECORDS_OUT: usize = 7;
+const RECORDS_REJECTED: usize = 8;
+const BYTES: usize = 9;
+const DURATION_MS: usize = 10;
+const ERRORS: usize = 11;
+const QUALITY: usize = 12;
+const UPSTREAM: usize = 13;
+
+/// A JSON number in the forms the fast path converts exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Number {
+    /// A plain non-negative integer of at most 19 digits (so it fits a `u64`).
+    Unsigned(u64),
+    /// A number with a fraction or an exponent.
+    Float(f64),
+}
+
+impl Number {
+    /// As the serde path's `number()` reads it.
+    fn as_f64(self) -> f64 {
+        match self {
+            Number::Unsigned(n) => n as f64,
+            Number::Float(x) => x,
+        }
+    }
+}
+
+/// Powers of ten that an `f64` holds exactly.
+const EXACT_POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+struct Scanner<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.pos += 1;
+        }
+    }
+
+    /// Consumes `byte` after optional whitespace, if it is next.
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_ws();
+        let next = self.peek() == Some(byte);
+        self.pos += usize::from(next);
+        next
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        self.eat(byte).then_some(())
+    }
+
+    /// After a member or an element: `true` at the closing `close`, `false` after a
+    /// comma, `None` at anything else.
+    fn delimiter(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        let b = self.peek()?;
+        self.pos += 1;
+        match b {
+            b',' => Some(false),
+            b if b == close => Some(true),
+            _ => None,
+        }
+    }
+
+    fn null(&mut self) -> bool {
+        let null = self.bytes[self.pos..].starts_with(b"null");
+        self.pos += if null { 4 } else { 0 };
+        null
+    }
+
+    /// A string without escapes, borrowed from the input.
+    fn string(&mut self) -> Option<&'a str> {
+        self.expect(b'"')?;
+        let start = self.pos;
+        let end = start + special_byte(&self.bytes[start..]);
+        if self.bytes.get(end) != Some(&b'"') {
+            return None; // an escape, a control character, or the end of the input
+        }
+        self.pos = end + 1;
+        // Both ends are at ASCII quotes, so at character boundaries of valid UTF-8.
+        self.text.get(start..end)
+    }
+
+    /// A non-empty string of at most `max` bytes. Longer ones may still be within `max`
+    /// characters: the serde path counts those.
+    fn name(&mut self, max: usize) -> Option<&'a str> {
+        self.string().filter(|s| !s.is_empty() && s.len() <= max)
+    }
+
+    fn number(&mut self) -> Option<Number> {
+        self.skip_ws();
+        let negative = self.peek() == Some(b'-');
+        self.pos += usize::from(negative);
+        let (significand, int_digits) = self.digits(0)?;
+        if int_digits == 0 || (int_digits > 1 && self.bytes[self.pos - int_digits] == b'0') {
+            return None; // no digits, or a leading zero: not JSON
+        }
+        let mut digits = int_digits;
+        let mut significand = significand;
+        let mut exponent: i32 = 0;
+        let mut float = false;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            let (s, n) = self.digits(significand)?;
+            if n == 0 {
+                return None;
+            }
+            (significand, digits, exponent, float) = (s, digits + n, -(n as i32), true);
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            let negative_exp = self.peek() == Some(b'-');
+            self.pos += usize::from(matches!(self.peek(), Some(b'+' | b'-')));
+            let (e, n) = self.digits(0)?;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let e = e as i32;
+            exponent += if negative_exp { -e } else { e };
+            float = true;
+        }
+        if digits > 19 {
+            return None; // may not fit a u64: serde_json rounds those its own way
+        }
+        if !float {
+            // serde_json makes `-0` a float and other negative integers signed ones;
+            // no count accepts them, and figures rarely are.
+            return (!negative).then_some(Number::Unsigned(significand));
+        }
+        // Clinger's fast path: a significand and a power of ten both exact in an `f64`
+        // give a correctly rounded product or quotient in one operation. This is also
+        // exactly what serde_json computes for them (it is not correctly rounded
+        // beyond them, so those are left to it, to give the same bits).
+        if significand > 1 << 53 || exponent.unsigned_abs() as usize >= EXACT_POW10.len() {
+            return None;
+        }
+        let pow = EXACT_POW10[exponent.unsigned_abs() as usize];
+        let x = if exponent >= 0 {
+            significand as f64 * pow
+        } else {
+            significand as f64 / pow
+        };
+        Some(Number::Float(if negative { -x } else { x }))
+    }
+
+    /// Decimal digits from here, folded into `acc`; `None` if that overflows a `u64`.
+    fn digits(&mut self, mut acc: u64) -> Option<(u64, usize)> {
+        let start = self.pos;
+        while let Some(c @ b'0'..=b'9') = self.peek() {
+            acc = acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            self.pos += 1;
+        }
+        Some((acc, self.pos - start))
+    }
+
+    fn count(&mut self) -> Option<u64> {
+        match self.number()? {
+            Number::Unsigned(n) => Some(n),
+            Number::Float(_) => None,
+        }
+    }
+
+    fn figure(&mut self) -> Option<f64> {
+        Some(self.number()?.as_f64()).filter(|x| x.abs() <= MAX_FIGURE)
+    }
+
+    fn duration(&mut self) -> Option<f64> {
+        Some(self.number()?.as_f64()).filter(|x| *x >= 0.0 && *x <= MAX_DURATION_MS)
+    }
+
+    fn timestamp(&mut self) -> Option<i64> {
+        let ms = if self.peek() == Some(b'"') {
+            crate::time::parse_rfc3339_ms(self.string()?)?
+        } else {
+            i64::try_from(self.count()?).ok()?
+        };
+        (MIN_TIMESTAMP_MS..MAX_TIMESTAMP_MS)
+            .contains(&ms)
+            .then_some(ms)
+    }
+
+    fn status(&mut self) -> Option<Status> {
+        match self.string()? {
+            "success" => Some(Status::Success),
+            "failure" => Some(Status::Failure),
+            "retry" => Some(Status::Retry),
+            "skipped" => Some(Status::Skipped),
+            _ => None,
+        }
+    }
+
+    fn quality(&mut self) -> Option<Vec<(Cow<'a, str>, f64)>> {
+        let mut figures: Vec<(Cow<'a, str>, f64)> = Vec::new();
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(figures);
+        }
+        loop {
+            let name = self.name(MAX_NAME_LEN)?;
+            self.expect(b':')?;
+            let x = self.figure()?;
+            if figures.len() == MAX_QUALITY_FIGURES || figures.iter().any(|(n, _)| n == name) {
+                return None;
+            }
+            figures.push((Cow::Borrowed(name), x));
+            if self.delimiter(b'}')? {
+                return Some(figures);
+            }
+        }
+    }
+
+    fn upstream(&mut self) -> Option<Vec<Cow<'a, str>>> {
+        let mut stages = Vec::new();
+        self.expect(b'[')?;
+        if self.eat(b']') {
+            return Some(stages);
+        }
+        loop {
+            let stage = self.name(MAX_NAME_LEN)?;
+            if stages.len() == MAX_UPSTREAM {
+                return None;
+            }
+            stages.push(Cow::Borrowed(stage));
+            if self.delimiter(b']')? {
+                return Some(stages);
+            }
+        }
+    }
+
+    /// Checked as the serde path checks them, and not kept.
+    fn attributes(&mut self) -> Option<()> {
+        self.expect(b'{')?;
+        if self.eat(b'}') {
+            return Some(());
+        }
+        for _ in 0..MAX_ATTRIBUTES {
+            self.name(MAX_NAME_LEN)?;
+            self.expect(b':')?;
+            self.string().filter(|v| v.len() <= MAX_ATTRIBUTE_LEN)?;
+            if self.delimiter(b'}')? {
+                return Some(());
+            }
+        }
+        None
+    }
+
+    /// The value of an unknown field, if it is not a container.
+    fn skip_scalar(&mut self) -> Option<()> {
+        self.skip_ws();
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            _ => [&b"null"[..], b"true", b"false"].iter().find_map(|word| {
+                self.bytes[self.pos..].starts_with(word).then(|| {
+                    self.pos += word.len();
+                })
+            }),
+        }
+    }
+}
+
+/// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
+/// a backslash or a control character), or `bytes.len()`. Eight bytes at a time: strings
+/// are most of an event's bytes.
+fn special_byte(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
+    // above a marked one, never below: the lowest mark is always right.
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
+    let mut i = 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let v = u64::from_le_bytes(chunk);
+        let marks = below(v ^ (ONES * u64::from(b'"')), 1)
+            | below(v ^ (ONES * u64::from(b'\\')), 1)
+            | below(v, 0x20);
+        if marks != 0 {
+            return i + (marks.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + bytes[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .unwrap_or(bytes.len() - i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(text: &str) -> Option<Number> {
+        let mut s = Scanner {
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+        };
+        s.number().filter(|_| s.pos == text.len())
+    }
+
+    #[test]
+    fn special_bytes_are_found_wherever_they_are() {
+        for len in 0..20 {
+            for at in 0..len {
+                for special in [b'"', b'\\', 0x00, 0x1f] {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = special;
+                    // a byte that borrows in the word arithmetic, just before it
+                    if at > 0 {
+                        bytes[at - 1] = 0x80;
+                    }
+                    assert_eq!(special_byte(&bytes), at, "{bytes:?}");
+                }
+            }
+            assert_eq!(special_byte(&vec![0xffu8; len]), len);
+            assert_eq!(special_byte(&vec![b' '; len]), len);
+        }
+    }
+
+    #[test]
+    fn numbers_convert_exactly_or_not_at_all() {
+        assert_eq!(number("0"), Some(Number::Unsigned(0)));
+        assert_eq!(
+            number("18446744073709551615"),
+            None,
+            "20 digits: left to serde_json"
+        );
+        assert_eq!(
+            number("9999999999999999999"),
+            Some(Number::Unsigned(9_999_999_999_999_999_999))
+        );
+        assert_eq!(number("1830.5"), Some(Number::Float(1830.5)));
+        assert_eq!(number("0.000031"), Some(Number::Float(0.000031)));
+        assert_eq!(number("-2.5e-3"), Some(Number::Float(-0.0025)));
+        assert_eq!(number("1E22"), Some(Number::Float(1e22)));
+        assert_eq!(number("1e23"), None);
+        assert_eq!(number("9007199254740993.0"), None, "beyond 2^53");
+        for invalid in ["-", "01", "-01", "1.", ".5", "1e", "1e+", "+1", "-0", "-5"] {
+            assert_eq!(number(invalid), None, "{invalid}");
+        }
+        let Some(Number::Float(x)) = number("-0.0") else {
+            panic!("-0.0 is a float");
+        };
+        assert!(x == 0.0 && x.is_sign_negative());
+    }
+}
