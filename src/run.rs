@@ -185,11 +185,15 @@ impl ConsumerContext for ServiceContext {
         let mut worker = self.worker();
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                worker.assign(consumer, partitions);
-                if cooperative {
+                let own_output = worker.assign(consumer, partitions);
+                let assigned = if cooperative {
                     consumer.incremental_assign(partitions)
                 } else {
                     consumer.assign(partitions)
+                };
+                match own_output.count() {
+                    0 => assigned,
+                    _ => assigned.and_then(|()| consumer.pause(&own_output)),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
@@ -456,77 +460,94 @@ impl Worker {
     }
 
     /// New partitions: an engine each, and warm-up from history where there is some.
+    /// Returns the partitions of pipewatch's own output topics, which a `^regex` in
+    /// `kafka.topics` can match: the caller pauses them, for reading them would turn
+    /// every dead letter into a new one, for ever.
     fn assign(
         &mut self,
         consumer: &BaseConsumer<ServiceContext>,
         partitions: &mut TopicPartitionList,
-    ) {
+    ) -> TopicPartitionList {
+        let kafka = &self.settings.kafka;
+        let mut own_output = TopicPartitionList::new();
         let mut added = Vec::new();
         for element in partitions.elements() {
             let (topic, partition) = (element.topic(), element.partition());
-            if !self
+            if topic == kafka.alert_topic || topic == kafka.dead_letter_topic {
+                own_output.add_partition(topic, partition);
+            } else if !self
                 .tasks
                 .iter()
                 .any(|t| t.partition == partition && *t.topic == *topic)
             {
-                self.tasks.push(self.new_task(topic, partition));
                 added.push((topic.to_string(), partition));
             }
         }
+        for (topic, partition) in &added {
+            let task = self.new_task(topic, *partition);
+            self.tasks.push(task);
+        }
         self.counters.assigned += added.len() as u64;
         tracing::info!(partitions = ?added, "partitions assigned");
-        let warmup_ms = self.settings.kafka.warmup.as_millis() as i64;
-        if warmup_ms == 0 || added.is_empty() {
-            return;
+        if own_output.count() > 0 {
+            tracing::warn!(
+                partitions = own_output.count(),
+                "kafka.topics matches pipewatch's own alert or dead-letter topic: not read"
+            );
         }
-        let committed = match consumer.committed_offsets(partitions.clone(), ADMIN_TIMEOUT) {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read committed offsets; starting without warm-up");
-                return;
+        if !self.settings.kafka.warmup.is_zero() && !added.is_empty() {
+            if let Err(err) = self.plan_warmup(consumer, partitions, &added) {
+                tracing::warn!(error = %err, "starting without warm-up");
             }
-        };
+        }
+        own_output
+    }
+
+    /// Moves each new partition's start back by `kafka.warmup` before its committed
+    /// offset, and marks the re-read part as warm-up.
+    fn plan_warmup(
+        &mut self,
+        consumer: &BaseConsumer<ServiceContext>,
+        partitions: &mut TopicPartitionList,
+        added: &[(String, i32)],
+    ) -> Result<(), KafkaError> {
+        let committed = consumer.committed_offsets(partitions.clone(), ADMIN_TIMEOUT)?;
+        let since = self.clock.now_ms() - self.settings.kafka.warmup.as_millis() as i64;
         let mut at = TopicPartitionList::new();
-        let since = self.clock.now_ms() - warmup_ms;
-        for (topic, partition) in &added {
-            let _ = at.add_partition_offset(topic, *partition, Offset::Offset(since));
+        for (topic, partition) in added {
+            at.add_partition_offset(topic, *partition, Offset::Offset(since))?;
         }
-        let starts = match consumer.offsets_for_times(at, ADMIN_TIMEOUT) {
-            Ok(s) => s,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot look up offsets by time; starting without warm-up");
-                return;
+        let starts = consumer.offsets_for_times(at, ADMIN_TIMEOUT)?;
+        for (topic, partition) in added {
+            let offset_in = |list: &TopicPartitionList| {
+                list.find_partition(topic, *partition).map(|e| e.offset())
+            };
+            let (Some(Offset::Offset(end)), Some(Offset::Offset(start))) =
+                (offset_in(&committed), offset_in(&starts))
+            else {
+                continue;
+            };
+            if start >= end {
+                continue;
             }
-        };
-        for (topic, partition) in &added {
-            let committed = committed
-                .find_partition(topic, *partition)
-                .map(|e| e.offset());
-            let start = starts.find_partition(topic, *partition).map(|e| e.offset());
-            if let (Some(Offset::Offset(end)), Some(Offset::Offset(start))) = (committed, start) {
-                if start < end
-                    && partitions
-                        .set_partition_offset(topic, *partition, Offset::Offset(start))
-                        .is_ok()
-                {
-                    if let Some(task) = self
-                        .tasks
-                        .iter_mut()
-                        .find(|t| t.partition == *partition && *t.topic == **topic)
-                    {
-                        task.warm_until = Some(end);
-                        task.committed = Some(end);
-                    }
-                    tracing::info!(
-                        topic,
-                        partition,
-                        from = start,
-                        to = end,
-                        "warming up from history"
-                    );
-                }
+            partitions.set_partition_offset(topic, *partition, Offset::Offset(start))?;
+            if let Some(task) = self
+                .tasks
+                .iter_mut()
+                .find(|t| t.partition == *partition && *t.topic == **topic)
+            {
+                task.warm_until = Some(end);
+                task.committed = Some(end);
             }
+            tracing::info!(
+                topic,
+                partition,
+                from = start,
+                to = end,
+                "warming up from history"
+            );
         }
+        Ok(())
     }
 
     /// Partitions taken away: commit what was done with them, then forget their stages.

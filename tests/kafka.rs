@@ -164,8 +164,8 @@ impl Pipewatch {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\n[kafka.properties]\n{properties}",
-                kafka.brokers, kafka.group_id
+                "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}",
+                kafka.brokers, kafka.group_id, kafka.topics
             ),
         )
         .expect("config written");
@@ -359,13 +359,27 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
     }
     producer.flush(Duration::from_secs(10)).expect("delivered");
 
-    let mut pw = Pipewatch::start(dir.path(), "e2e", &kafka, &[]);
+    // A regex that also matches the dead-letter topic: pipewatch must not read its own
+    // output, or each dead letter would come back as a new one.
+    let mut watching = kafka.clone();
+    watching.topics = vec!["^pipeline-events.*".into()];
+    let mut pw = Pipewatch::start(dir.path(), "e2e", &watching, &[]);
     let alert_messages = read_topic(&kafka, ALERTS, Duration::from_secs(120), |m| {
         unmatched_faults(&labels, &alerts_in(m)).is_empty()
     });
     let dead = read_topic(&kafka, DEAD_LETTERS, Duration::from_secs(30), |m| {
         m.len() >= 3
     });
+    std::thread::sleep(Duration::from_secs(3));
+    let settled = read_topic(&kafka, DEAD_LETTERS, Duration::from_secs(30), |m| {
+        m.len() >= 3
+    });
+    assert_eq!(
+        settled.len(),
+        3,
+        "each invalid message dead-lettered once, never re-read"
+    );
+    assert!(pw.logged("own alert or dead-letter topic") > 0);
     let status = pw.terminate(Duration::from_secs(15));
     assert!(status.success(), "graceful stop exits 0: {status}");
     assert_eq!(pw.logged("stopped"), 1);
@@ -564,7 +578,7 @@ fn two_instances_split_the_partitions_and_each_stage_alerts_from_one() {
 }
 
 #[test]
-fn a_broker_outage_mid_stream_loses_nothing() {
+fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
     let (broker_port, proxy_port) = (free_port(), free_port());
     let proxy = Proxy::start(proxy_port, broker_port);
     let broker = Broker::start_advertising(broker_port, proxy_port);
@@ -572,12 +586,24 @@ fn a_broker_outage_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kafka = broker.kafka("pipewatch-outage");
     let log = dir.path().join("offsets.log");
+
+    // Down at start: pipewatch keeps trying, says so, and joins once the broker is back.
+    proxy.cut();
     let mut pw = Pipewatch::start(
         dir.path(),
         "outage",
         &kafka,
         &["--offsets-log", log.to_str().unwrap()],
     );
+    wait_until("the failure to be logged", Duration::from_secs(30), || {
+        pw.logged("kafka:") > 0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        pw.last_assignment().is_none(),
+        "no assignment without a broker"
+    );
+    proxy.restore();
     wait_until("the assignment", Duration::from_secs(60), || {
         pw.last_assignment().is_some()
     });
