@@ -58,6 +58,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// A caught-up partition follows the wall clock once it has received nothing for this
 /// long: a broker's reported end can trail the last batch it serves, and this absorbs it.
 const QUIET_MS: i64 = 1000;
+/// Messages between two readings of the clocks while messages stream in (a fraction of a
+/// millisecond at the rates the loop reaches).
+const CLOCK_EVERY: u32 = 64;
 /// Longest wait for the sink to confirm deliveries before a commit.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the broker's answer about committed offsets and timestamps.
@@ -123,6 +126,8 @@ struct Worker {
     alerts_out: Option<NdjsonWriter>,
     offsets_log: Option<BufWriter<File>>,
     clock: SystemClock,
+    /// The wall clock as last read; see `CLOCK_EVERY`.
+    now_ms: i64,
     counters: RunCounters,
     progress: Arc<Progress>,
     last_commit: Instant,
@@ -229,14 +234,7 @@ impl Worker {
         let offsets_log = args
             .offsets_log
             .as_ref()
-            .map(|p| {
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map(BufWriter::new)
-                    .with_context(|| format!("cannot open {}", p.display()))
-            })
+            .map(|p| open_offsets_log(p).with_context(|| format!("cannot open {}", p.display())))
             .transpose()?;
         Ok(Worker {
             settings: settings.clone(),
@@ -248,6 +246,7 @@ impl Worker {
             alerts_out,
             offsets_log,
             clock: SystemClock,
+            now_ms: SystemClock.now_ms(),
             counters: RunCounters::default(),
             progress,
             last_commit: Instant::now(),
@@ -287,7 +286,7 @@ impl Worker {
 
     /// One message, start to end.
     fn process(&mut self, message: &BorrowedMessage<'_>) {
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.now_ms;
         let i = self.task_index(message.topic(), message.partition());
         let task = &mut self.tasks[i];
         let payload = message.payload().unwrap_or_default();
@@ -374,6 +373,7 @@ impl Worker {
     /// Periodic work: live clocks, then a commit when one is due.
     fn tick(&mut self, consumer: &BaseConsumer<ServiceContext>) {
         let now_ms = self.clock.now_ms();
+        self.now_ms = now_ms;
         let brokers = consumer.context().brokers().clone();
         if brokers.connected_at(now_ms) {
             for task in &mut self.tasks {
@@ -568,6 +568,27 @@ impl Worker {
     }
 }
 
+/// Opens the offsets log for appending. A process killed while writing it can leave a
+/// torn last line: a newline first keeps that fragment from merging with the next record.
+fn open_offsets_log(path: &std::path::Path) -> std::io::Result<BufWriter<File>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut last = [0u8];
+        file.seek(SeekFrom::Start(len - 1))?;
+        file.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok(BufWriter::new(file))
+}
+
 /// Consumes until `stop` is set, then stops cleanly: commit, leave the group.
 pub fn consume(
     settings: &Settings,
@@ -596,19 +617,33 @@ pub fn consume(
     );
     let context = Arc::clone(consumer.context());
     let mut next_tick = Instant::now() + TICK;
+    // Reading the clocks costs about as much as the rest of the loop's own work, so while
+    // messages stream in they are read every `CLOCK_EVERY` messages, not for each one.
+    let mut until_clock = 0u32;
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => context.worker().process(&message),
+            Some(Ok(message)) => {
+                let mut worker = context.worker();
+                if until_clock == 0 {
+                    worker.now_ms = worker.clock.now_ms();
+                }
+                worker.process(&message);
+            }
             Some(Err(err)) => {
                 context.worker().counters.consumer_errors += 1;
                 tracing::warn!(error = %err, "kafka consumer error");
+                until_clock = 0;
             }
-            None => {}
+            None => until_clock = 0,
         }
-        if Instant::now() >= next_tick {
-            context.worker().tick(&consumer);
-            next_tick = Instant::now() + TICK;
+        if until_clock == 0 {
+            until_clock = CLOCK_EVERY;
+            if Instant::now() >= next_tick {
+                context.worker().tick(&consumer);
+                next_tick = Instant::now() + TICK;
+            }
         }
+        until_clock -= 1;
     }
     tracing::info!("stopping: committing processed offsets and leaving the group");
     let committed = context.worker().commit(&consumer);

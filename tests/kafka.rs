@@ -436,16 +436,19 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
     }
 }
 
-/// Reads an offsets log into (partition, offset) → times processed.
+/// Reads an offsets log into (partition, offset) → times processed. A line is only taken
+/// once complete: the log may be read while pipewatch writes it, and a killed process may
+/// leave a torn line behind (pipewatch starts its own on a new line).
 fn processed_offsets(path: &Path) -> BTreeMap<(i32, i64), u32> {
     let mut seen = BTreeMap::new();
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    for line in text.lines() {
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    for line in complete.lines() {
         let parts: Vec<&str> = line.split(' ').collect();
-        if parts.len() == 3 {
-            *seen
-                .entry((parts[1].parse().unwrap(), parts[2].parse().unwrap()))
-                .or_insert(0) += 1;
+        if let [_, partition, offset] = parts[..] {
+            if let (Ok(p), Ok(o)) = (partition.parse(), offset.parse()) {
+                *seen.entry((p, o)).or_insert(0) += 1;
+            }
         }
     }
     seen
