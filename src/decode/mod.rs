@@ -64,7 +64,8 @@ pub struct Event<'a> {
     pub duration_ms: Option<f64>,
     pub errors: Option<u64>,
     pub quality: QualityFigures<'a>,
-    pub upstream: Vec<Cow<'a, str>>,
+    // `upstream` is validated but not kept: nothing downstream reads it, and keeping it
+    // cost an allocation per event.
 }
 
 /// Why a message was refused; the label of the `invalid messages by reason` counter.
@@ -317,7 +318,6 @@ struct Fields<'a> {
     duration_ms: Option<f64>,
     errors: Option<u64>,
     quality: Option<QualityFigures<'a>>,
-    upstream: Option<Vec<Cow<'a, str>>>,
 }
 
 impl<'a> Fields<'a> {
@@ -347,7 +347,7 @@ impl<'a> Fields<'a> {
             Key::Errors => self.errors = count("errors", v)?,
             Key::DurationMs => self.duration_ms = duration(v)?,
             Key::Quality => self.quality = quality(v)?,
-            Key::Upstream => self.upstream = upstream(v)?,
+            Key::Upstream => upstream(v)?,
             Key::Attributes => attributes(v)?,
             Key::Unknown => {}
         }
@@ -370,7 +370,6 @@ impl<'a> Fields<'a> {
             duration_ms: self.duration_ms,
             errors: self.errors,
             quality: self.quality.unwrap_or_default(),
-            upstream: self.upstream.unwrap_or_default(),
         })
     }
 }
@@ -740,23 +739,22 @@ fn quality(v: Json<'_>) -> Result<Option<QualityFigures<'_>>, Rejection> {
     Ok(Some(figures))
 }
 
-fn upstream(v: Json<'_>) -> Result<Option<Vec<Cow<'_, str>>>, Rejection> {
+fn upstream(v: Json<'_>) -> Result<(), Rejection> {
     let items = match v {
-        Json::Null => return Ok(None),
+        Json::Null => return Ok(()),
         Json::Array(items) => items,
         other => return Err(wrong_type("upstream", "an array of stage names", &other)),
     };
     if items.len() > MAX_UPSTREAM {
         return Err(too_many("upstream", MAX_UPSTREAM));
     }
-    items
-        .into_iter()
-        .map(|item| match item {
-            Json::Null => Err(wrong_type("upstream", "an array of stage names", &item)),
-            item => name("upstream", item, MAX_NAME_LEN),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    for item in items {
+        match item {
+            Json::Null => return Err(wrong_type("upstream", "an array of stage names", &item)),
+            item => name("upstream", item, MAX_NAME_LEN)?,
+        };
+    }
+    Ok(())
 }
 
 /// `attributes` is validated but not kept: pipewatch never turns attributes into metric
@@ -844,7 +842,6 @@ mod tests {
         assert_eq!(e.duration_ms, Some(1830.5));
         assert_eq!(e.quality.len(), 3);
         assert_eq!(e.quality[0], (Cow::Borrowed("null_rate"), 0.002));
-        assert_eq!(e.upstream, vec![Cow::Borrowed("extract")]);
         assert_eq!(e.status, Status::Success);
     }
 

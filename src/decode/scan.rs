@@ -40,7 +40,6 @@ pub fn event(text: &str) -> Option<Event<'_>> {
         duration_ms: None,
         errors: None,
         quality: Vec::new(),
-        upstream: Vec::new(),
     };
     // One bit per known field, in the order of `KEYS`: a field seen twice is refused
     // by the serde path, so it is declined here.
@@ -51,12 +50,15 @@ pub fn event(text: &str) -> Option<Event<'_>> {
     s.expect(b'{')?;
     if !s.eat(b'}') {
         loop {
-            let field = match KEYS.get(next) {
-                Some(key) if s.bytes[s.pos..].starts_with(key) => {
-                    s.pos += key.len();
-                    next
+            // A field left out moves the next one up: the keys after the expected one are
+            // tried before the key is read.
+            let rest = &s.bytes[s.pos..];
+            let field = match KEYS.iter().skip(next).position(|k| has_prefix(rest, k)) {
+                Some(skipped) => {
+                    s.pos += KEYS[next + skipped].len();
+                    next + skipped
                 }
-                _ => {
+                None => {
                     let key = s.string()?;
                     s.expect(b':')?;
                     let Some(field) = KEYS
@@ -99,7 +101,7 @@ pub fn event(text: &str) -> Option<Event<'_>> {
                 ERRORS => event.errors = Some(s.count()?),
                 DURATION_MS => event.duration_ms = Some(s.duration()?),
                 QUALITY => event.quality = s.quality()?,
-                UPSTREAM => event.upstream = s.upstream()?,
+                UPSTREAM => s.upstream()?,
                 _ => s.attributes()?,
             }
             if s.delimiter(b'}')? {
@@ -360,22 +362,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn upstream(&mut self) -> Option<Vec<Cow<'a, str>>> {
-        let mut stages = Vec::new();
+    /// Checked as the serde path checks it, and not kept.
+    fn upstream(&mut self) -> Option<()> {
         self.expect(b'[')?;
         if self.eat(b']') {
-            return Some(stages);
+            return Some(());
         }
-        loop {
-            let stage = self.name(MAX_NAME_LEN)?;
-            if stages.len() == MAX_UPSTREAM {
-                return None;
-            }
-            stages.push(Cow::Borrowed(stage));
+        for _ in 0..MAX_UPSTREAM {
+            self.name(MAX_NAME_LEN)?;
             if self.delimiter(b']')? {
-                return Some(stages);
+                return Some(());
             }
         }
+        None
     }
 
     /// Checked as the serde path checks them, and not kept.
@@ -408,6 +407,25 @@ impl<'a> Scanner<'a> {
             }),
         }
     }
+}
+
+/// Whether `rest` starts with `key` (at least 8 bytes, as every quoted key with its colon
+/// is), compared a word at a time, the last word overlapping: a libc `memcmp` call per
+/// key cost more than the comparison itself.
+fn has_prefix(rest: &[u8], key: &[u8]) -> bool {
+    let word = |b: &[u8], at: usize| b.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
+    let n = key.len();
+    if n < 8 || rest.len() < n {
+        return rest.starts_with(key);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(rest, at) != word(key, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(rest, n - 8) == word(key, n - 8)
 }
 
 /// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
