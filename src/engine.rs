@@ -713,6 +713,11 @@ impl Closer<'_> {
         out: &mut Outputs,
     ) {
         let value = self.values[slot];
+        // A metric without a value is neither judged nor learnt from, scored nor alerted
+        // on: its bands would only be computed to be thrown away.
+        if value.is_nan() {
+            return;
+        }
         let series = &stage.series[slot];
         let policy = self.policies.get(series.policy);
         let verdict = detect::judge(policy, &series.detectors, value, self.judgements);
