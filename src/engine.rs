@@ -176,9 +176,11 @@ struct RecentIds {
 
 impl RecentIds {
     fn new(capacity: usize) -> RecentIds {
+        // Sized for a quiet partition and grown on demand: `pipewatch run` keeps an engine
+        // per partition, and most see far fewer than `dedup_capacity` recent ids.
         RecentIds {
-            order: VecDeque::with_capacity(capacity.min(1 << 16)),
-            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 16)),
+            order: VecDeque::with_capacity(capacity.min(1 << 10)),
+            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 10)),
             capacity,
         }
     }
