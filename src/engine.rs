@@ -110,6 +110,8 @@ struct Stage {
     stage: Box<str>,
     /// Open buckets, oldest first; at most lateness/width + 2 of them.
     open: Vec<Bucket>,
+    /// The last bucket closed, emptied into the next one opened (see [`Bucket::reset`]).
+    spare: Option<Bucket>,
     series: Vec<Series>,
     quality_names: Vec<Box<str>>,
     reported: Reported,
@@ -127,6 +129,16 @@ fn metric_name(quality_names: &[Box<str>], slot: usize) -> MetricName<'_> {
 }
 
 impl Stage {
+    fn new_bucket(&mut self, index: i64) -> Bucket {
+        match self.spare.take() {
+            Some(mut bucket) => {
+                bucket.reset(index);
+                bucket
+            }
+            None => Bucket::new(index),
+        }
+    }
+
     fn path(&self) -> String {
         format!("{}/{}", self.pipeline, self.stage)
     }
@@ -137,6 +149,10 @@ impl Stage {
             + self.stage.len()
             + self.open.capacity() * std::mem::size_of::<Bucket>()
             + self.open.iter().map(Bucket::heap_bytes).sum::<usize>()
+            + self
+                .spare
+                .as_ref()
+                .map_or(0, |b| std::mem::size_of::<Bucket>() + b.heap_bytes())
             + self.series.capacity() * std::mem::size_of::<Series>()
             + self
                 .series
@@ -160,9 +176,11 @@ struct RecentIds {
 
 impl RecentIds {
     fn new(capacity: usize) -> RecentIds {
+        // Sized for a quiet partition and grown on demand: `pipewatch run` keeps an engine
+        // per partition, and most see far fewer than `dedup_capacity` recent ids.
         RecentIds {
-            order: VecDeque::with_capacity(capacity.min(1 << 16)),
-            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 16)),
+            order: VecDeque::with_capacity(capacity.min(1 << 10)),
+            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 10)),
             capacity,
         }
     }
@@ -426,6 +444,7 @@ impl Engine {
             pipeline: Box::from(&*event.pipeline),
             stage: Box::from(&*event.stage),
             open: Vec::with_capacity(2),
+            spare: None,
             series,
             quality_names: Vec::new(),
             reported: Reported::default(),
@@ -450,11 +469,13 @@ impl Engine {
         let open = match position {
             Some(p) if stage.open[p].index == bucket => &mut stage.open[p],
             Some(p) => {
-                stage.open.insert(p, Bucket::new(bucket));
+                let new = stage.new_bucket(bucket);
+                stage.open.insert(p, new);
                 &mut stage.open[p]
             }
             None => {
-                stage.open.push(Bucket::new(bucket));
+                let new = stage.new_bucket(bucket);
+                stage.open.push(new);
                 stage.open.last_mut().expect("just pushed")
             }
         };
@@ -661,7 +682,7 @@ impl Closer<'_> {
         let end_ms = start_ms + self.bucket_ms;
         let bucket = match stage.open.first() {
             Some(first) if first.index == b => stage.open.remove(0),
-            _ => Bucket::new(b),
+            _ => stage.new_bucket(b),
         };
         bucket.note_reported(&mut stage.reported);
         let slots = stage.series.len();
@@ -679,6 +700,7 @@ impl Closer<'_> {
         if self.silence.enabled {
             self.judge_silence(stage, start_ms, end_ms, out);
         }
+        stage.spare = Some(bucket);
     }
 
     /// Judges one metric of the closing bucket, learns from it if it was normal, and
@@ -693,6 +715,11 @@ impl Closer<'_> {
         out: &mut Outputs,
     ) {
         let value = self.values[slot];
+        // A metric without a value is neither judged nor learnt from, scored nor alerted
+        // on: its bands would only be computed to be thrown away.
+        if value.is_nan() {
+            return;
+        }
         let series = &stage.series[slot];
         let policy = self.policies.get(series.policy);
         let verdict = detect::judge(policy, &series.detectors, value, self.judgements);
@@ -783,7 +810,7 @@ impl Closer<'_> {
                 score,
                 bucket_start: start_ms,
                 bucket_end: end_ms,
-                correlation_ids: &bucket.correlation_ids,
+                correlation_ids: &bucket.correlation_ids.iter().collect::<Vec<_>>(),
                 upward_only: policy.direction == Direction::Up,
             });
             self.count(&notice);

@@ -66,7 +66,7 @@ pub struct AlertFacts<'a> {
     pub score: f64,
     pub bucket_start: i64,
     pub bucket_end: i64,
-    pub correlation_ids: &'a [Box<str>],
+    pub correlation_ids: &'a [&'a str],
     /// The metric alerts only upwards, so its summary states the upper bound alone.
     pub upward_only: bool,
 }
@@ -317,7 +317,7 @@ mod tests {
             bucket_ms: 60_000,
             dashboard_url: "http://h:9898/".into(),
         };
-        let ids = [Box::<str>::from("run-1")];
+        let ids = ["run-1"];
         let a = factory.build(&AlertFacts {
             notice: Notice::Firing {
                 started_ms: 1_795_489_260_000,

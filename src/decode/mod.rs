@@ -64,7 +64,8 @@ pub struct Event<'a> {
     pub duration_ms: Option<f64>,
     pub errors: Option<u64>,
     pub quality: QualityFigures<'a>,
-    pub upstream: Vec<Cow<'a, str>>,
+    // `upstream` is validated but not kept: nothing downstream reads it, and keeping it
+    // cost an allocation per event.
 }
 
 /// Why a message was refused; the label of the `invalid messages by reason` counter.
@@ -180,7 +181,7 @@ impl DecodeLimits {
 
 /// Decodes and validates one message.
 pub fn decode<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Event<'a>, Rejection> {
-    decode_with(bytes, limits, scan::event)
+    decode_with(bytes, limits, scan::from_bytes)
 }
 
 /// [`decode`] without the fast path: the reference it is tested against.
@@ -191,12 +192,13 @@ pub fn decode_with_serde<'a>(
     decode_with(bytes, limits, |_| None)
 }
 
-/// Decodes with `fast` if it accepts the message, else with the serde visitor; the size,
-/// encoding and clock checks are common to both.
+/// Decodes with `fast` if it accepts the message, else with the serde visitor; the size
+/// and clock checks are common to both. `fast` accepts only UTF-8, so the encoding is
+/// checked here only for what it declines.
 fn decode_with<'a>(
     bytes: &'a [u8],
     limits: &DecodeLimits,
-    fast: impl FnOnce(&'a str) -> Option<Event<'a>>,
+    fast: impl FnOnce(&'a [u8]) -> Option<Event<'a>>,
 ) -> Result<Event<'a>, Rejection> {
     if bytes.len() > limits.max_event_bytes {
         return Err(reject(
@@ -205,13 +207,15 @@ fn decode_with<'a>(
             format!("{} bytes, limit {}", bytes.len(), limits.max_event_bytes),
         ));
     }
-    // One UTF-8 check of the whole message is cheaper than serde_json's check of every
-    // string in it, which `from_str` skips.
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| reject(Reason::NotJson, None, format!("not UTF-8: {e}")))?;
-    let event = match fast(text) {
+    let event = match fast(bytes) {
         Some(event) => event,
-        None => with_serde(text)?,
+        None => {
+            // One UTF-8 check of the whole message is cheaper than serde_json's check of
+            // every string in it, which `from_str` skips.
+            let text = std::str::from_utf8(bytes)
+                .map_err(|e| reject(Reason::NotJson, None, format!("not UTF-8: {e}")))?;
+            with_serde(text)?
+        }
     };
     if event.timestamp_ms > limits.latest_timestamp_ms {
         return Err(reject(
@@ -317,7 +321,6 @@ struct Fields<'a> {
     duration_ms: Option<f64>,
     errors: Option<u64>,
     quality: Option<QualityFigures<'a>>,
-    upstream: Option<Vec<Cow<'a, str>>>,
 }
 
 impl<'a> Fields<'a> {
@@ -347,7 +350,7 @@ impl<'a> Fields<'a> {
             Key::Errors => self.errors = count("errors", v)?,
             Key::DurationMs => self.duration_ms = duration(v)?,
             Key::Quality => self.quality = quality(v)?,
-            Key::Upstream => self.upstream = upstream(v)?,
+            Key::Upstream => upstream(v)?,
             Key::Attributes => attributes(v)?,
             Key::Unknown => {}
         }
@@ -370,7 +373,6 @@ impl<'a> Fields<'a> {
             duration_ms: self.duration_ms,
             errors: self.errors,
             quality: self.quality.unwrap_or_default(),
-            upstream: self.upstream.unwrap_or_default(),
         })
     }
 }
@@ -740,23 +742,22 @@ fn quality(v: Json<'_>) -> Result<Option<QualityFigures<'_>>, Rejection> {
     Ok(Some(figures))
 }
 
-fn upstream(v: Json<'_>) -> Result<Option<Vec<Cow<'_, str>>>, Rejection> {
+fn upstream(v: Json<'_>) -> Result<(), Rejection> {
     let items = match v {
-        Json::Null => return Ok(None),
+        Json::Null => return Ok(()),
         Json::Array(items) => items,
         other => return Err(wrong_type("upstream", "an array of stage names", &other)),
     };
     if items.len() > MAX_UPSTREAM {
         return Err(too_many("upstream", MAX_UPSTREAM));
     }
-    items
-        .into_iter()
-        .map(|item| match item {
-            Json::Null => Err(wrong_type("upstream", "an array of stage names", &item)),
-            item => name("upstream", item, MAX_NAME_LEN),
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Some)
+    for item in items {
+        match item {
+            Json::Null => return Err(wrong_type("upstream", "an array of stage names", &item)),
+            item => name("upstream", item, MAX_NAME_LEN)?,
+        };
+    }
+    Ok(())
 }
 
 /// `attributes` is validated but not kept: pipewatch never turns attributes into metric
@@ -844,8 +845,34 @@ mod tests {
         assert_eq!(e.duration_ms, Some(1830.5));
         assert_eq!(e.quality.len(), 3);
         assert_eq!(e.quality[0], (Cow::Borrowed("null_rate"), 0.002));
-        assert_eq!(e.upstream, vec![Cow::Borrowed("extract")]);
         assert_eq!(e.status, Status::Success);
+    }
+
+    #[test]
+    fn strings_are_checked_for_utf8_by_either_path() {
+        let base = |name: &[u8]| {
+            let mut m = br#"{"pipeline":""#.to_vec();
+            m.extend_from_slice(name);
+            m.extend_from_slice(br#"","stage":"s","timestamp":1793491200000}"#);
+            m
+        };
+        let accepted = base("caf\u{e9}-\u{2603}".as_bytes());
+        assert_eq!(
+            ok(std::str::from_utf8(&accepted).unwrap()).pipeline,
+            "caf\u{e9}-\u{2603}"
+        );
+        for name in [
+            &b"caf\xe9"[..],
+            b"\xff",
+            b"ab\xc3",
+            b"\xed\xa0\x80",
+            b"0123456789\xc0\xaf",
+        ] {
+            let bytes = base(name);
+            let fast = decode(&bytes, &limits()).expect_err("not UTF-8");
+            assert_eq!(fast.reason, Reason::NotJson);
+            assert_eq!(Err(fast), decode_with_serde(&bytes, &limits()));
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! precise place. For every input it accepts it gives exactly the event the serde path
 //! gives; `tests/decode_fuzz.rs` checks that.
 //!
-//! The caller has checked that the input is UTF-8, so a string's bytes between two
-//! quotes are a valid `str`.
+//! The input need not be UTF-8: every string is checked, and everything outside strings
+//! must be ASCII punctuation, digits or known words.
 
 use std::borrow::Cow;
 
@@ -21,11 +21,14 @@ use super::{
 
 /// Decodes `text` if it has the plain shape and is valid; `None` otherwise.
 pub fn event(text: &str) -> Option<Event<'_>> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        pos: 0,
-    };
+    from_bytes(text.as_bytes())
+}
+
+/// [`event`] on bytes not known to be UTF-8; what it accepts is. Outside strings it
+/// accepts only ASCII, and it checks each string, so only the messages it declines need
+/// the whole-message UTF-8 check (and its precise rejection).
+pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
+    let mut s = Scanner { bytes, pos: 0 };
     let mut event = Event {
         pipeline: Cow::Borrowed(""),
         stage: Cow::Borrowed(""),
@@ -40,7 +43,6 @@ pub fn event(text: &str) -> Option<Event<'_>> {
         duration_ms: None,
         errors: None,
         quality: Vec::new(),
-        upstream: Vec::new(),
     };
     // One bit per known field, in the order of `KEYS`: a field seen twice is refused
     // by the serde path, so it is declined here.
@@ -51,12 +53,15 @@ pub fn event(text: &str) -> Option<Event<'_>> {
     s.expect(b'{')?;
     if !s.eat(b'}') {
         loop {
-            let field = match KEYS.get(next) {
-                Some(key) if s.bytes[s.pos..].starts_with(key) => {
-                    s.pos += key.len();
-                    next
+            // A field left out moves the next one up: the keys after the expected one are
+            // tried before the key is read.
+            let rest = &s.bytes[s.pos..];
+            let field = match KEYS.iter().skip(next).position(|k| has_prefix(rest, k)) {
+                Some(skipped) => {
+                    s.pos += KEYS[next + skipped].len();
+                    next + skipped
                 }
-                _ => {
+                None => {
                     let key = s.string()?;
                     s.expect(b':')?;
                     let Some(field) = KEYS
@@ -99,7 +104,7 @@ pub fn event(text: &str) -> Option<Event<'_>> {
                 ERRORS => event.errors = Some(s.count()?),
                 DURATION_MS => event.duration_ms = Some(s.duration()?),
                 QUALITY => event.quality = s.quality()?,
-                UPSTREAM => event.upstream = s.upstream()?,
+                UPSTREAM => s.upstream()?,
                 _ => s.attributes()?,
             }
             if s.delimiter(b'}')? {
@@ -172,7 +177,6 @@ const EXACT_POW10: [f64; 23] = [
 ];
 
 struct Scanner<'a> {
-    text: &'a str,
     bytes: &'a [u8],
     pos: usize,
 }
@@ -223,13 +227,21 @@ impl<'a> Scanner<'a> {
     fn string(&mut self) -> Option<&'a str> {
         self.expect(b'"')?;
         let start = self.pos;
-        let end = start + special_byte(&self.bytes[start..]);
+        let (len, ascii) = special_byte(&self.bytes[start..]);
+        let end = start + len;
         if self.bytes.get(end) != Some(&b'"') {
             return None; // an escape, a control character, or the end of the input
         }
         self.pos = end + 1;
-        // Both ends are at ASCII quotes, so at character boundaries of valid UTF-8.
-        self.text.get(start..end)
+        let raw = &self.bytes[start..end];
+        if ascii {
+            // SAFETY: `special_byte` found only ASCII, which is valid UTF-8. Checking
+            // this while finding the end, instead of checking all of a message's bytes
+            // up front, saves about 5 % of an event's decoding.
+            Some(unsafe { std::str::from_utf8_unchecked(raw) })
+        } else {
+            std::str::from_utf8(raw).ok()
+        }
     }
 
     /// A non-empty string of at most `max` bytes. Longer ones may still be within `max`
@@ -360,22 +372,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn upstream(&mut self) -> Option<Vec<Cow<'a, str>>> {
-        let mut stages = Vec::new();
+    /// Checked as the serde path checks it, and not kept.
+    fn upstream(&mut self) -> Option<()> {
         self.expect(b'[')?;
         if self.eat(b']') {
-            return Some(stages);
+            return Some(());
         }
-        loop {
-            let stage = self.name(MAX_NAME_LEN)?;
-            if stages.len() == MAX_UPSTREAM {
-                return None;
-            }
-            stages.push(Cow::Borrowed(stage));
+        for _ in 0..MAX_UPSTREAM {
+            self.name(MAX_NAME_LEN)?;
             if self.delimiter(b']')? {
-                return Some(stages);
+                return Some(());
             }
         }
+        None
     }
 
     /// Checked as the serde path checks them, and not kept.
@@ -410,16 +419,37 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// Whether `rest` starts with `key` (at least 8 bytes, as every quoted key with its colon
+/// is), compared a word at a time, the last word overlapping: a libc `memcmp` call per
+/// key cost more than the comparison itself.
+fn has_prefix(rest: &[u8], key: &[u8]) -> bool {
+    let word = |b: &[u8], at: usize| b.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
+    let n = key.len();
+    if n < 8 || rest.len() < n {
+        return rest.starts_with(key);
+    }
+    let mut at = 0;
+    while at + 8 < n {
+        if word(rest, at) != word(key, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(rest, n - 8) == word(key, n - 8)
+}
+
 /// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
-/// a backslash or a control character), or `bytes.len()`. Eight bytes at a time: strings
+/// a backslash or a control character), or `bytes.len()`; and whether every byte before
+/// it is ASCII, so that the string needs no UTF-8 check. Eight bytes at a time: strings
 /// are most of an event's bytes.
-fn special_byte(bytes: &[u8]) -> usize {
+fn special_byte(bytes: &[u8]) -> (usize, bool) {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
     // above a marked one, never below: the lowest mark is always right.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
     let mut i = 0;
+    let mut non_ascii = 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
             break;
@@ -429,14 +459,19 @@ fn special_byte(bytes: &[u8]) -> usize {
             | below(v ^ (ONES * u64::from(b'\\')), 1)
             | below(v, 0x20);
         if marks != 0 {
-            return i + (marks.trailing_zeros() / 8) as usize;
+            let at = marks.trailing_zeros() / 8;
+            non_ascii |= v & HIGHS & ((1 << (at * 8)) - 1);
+            return (i + at as usize, non_ascii == 0);
         }
+        non_ascii |= v & HIGHS;
         i += 8;
     }
-    i + bytes[i..]
+    let rest = &bytes[i..];
+    let n = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .unwrap_or(bytes.len() - i)
+        .unwrap_or(rest.len());
+    (i + n, non_ascii == 0 && rest[..n].is_ascii())
 }
 
 #[cfg(test)]
@@ -445,7 +480,6 @@ mod tests {
 
     fn number(text: &str) -> Option<Number> {
         let mut s = Scanner {
-            text,
             bytes: text.as_bytes(),
             pos: 0,
         };
@@ -463,11 +497,21 @@ mod tests {
                     if at > 0 {
                         bytes[at - 1] = 0x80;
                     }
-                    assert_eq!(special_byte(&bytes), at, "{bytes:?}");
+                    assert_eq!(special_byte(&bytes), (at, at == 0), "{bytes:?}");
                 }
             }
-            assert_eq!(special_byte(&vec![0xffu8; len]), len);
-            assert_eq!(special_byte(&vec![b' '; len]), len);
+            assert_eq!(special_byte(&vec![0xffu8; len]), (len, len == 0));
+            assert_eq!(special_byte(&vec![b' '; len]), (len, true));
+            for at in 0..len {
+                let mut bytes = vec![b'a'; len];
+                bytes[at] = 0xc3;
+                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
+                bytes.push(b'"');
+                bytes.push(0xc3);
+                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
+                bytes[at] = b'b';
+                assert_eq!(special_byte(&bytes), (len, true), "{bytes:?}");
+            }
         }
     }
 

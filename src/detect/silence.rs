@@ -49,7 +49,9 @@ impl GapTracker {
         let gap = (ts_ms - self.last_event_ms) as f64;
         // The threshold is never below `min_silence`, so a shorter gap needs no judging:
         // this runs for every event.
-        let was_silence = gap > settings.min_silence.as_millis() as f64
+        // Compared as integers: exact, as the float comparison was for any gap between
+        // two valid event times (below 2^53 ms), and without a u128 to float conversion.
+        let was_silence = (ts_ms - self.last_event_ms) as u128 > settings.min_silence.as_millis()
             && self.judge(ts_ms, settings).is_some_and(|j| j.silent);
         if !was_silence {
             self.gaps.update(gap, GAP_ALPHA);

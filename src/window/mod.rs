@@ -39,7 +39,7 @@ pub struct Bucket {
     /// (quality slot, sum, count).
     quality: Vec<(u16, f64, u32)>,
     /// The first few correlation ids seen, carried into alerts on this bucket.
-    pub correlation_ids: Vec<Box<str>>,
+    pub correlation_ids: CorrelationIds,
 }
 
 impl Bucket {
@@ -56,8 +56,26 @@ impl Bucket {
             rate_base: 0,
             durations: P2Quantile::default(),
             quality: Vec::new(),
-            correlation_ids: Vec::new(),
+            correlation_ids: CorrelationIds::default(),
         }
+    }
+
+    /// Empties the bucket to serve as bucket `index`, keeping its allocations: every
+    /// stage closes a bucket and opens one each bucket width, and reusing the closed one
+    /// spares the sketch's sample, the quality sums and the ids their allocations.
+    pub fn reset(&mut self, index: i64) {
+        let mut durations = std::mem::take(&mut self.durations);
+        durations.clear();
+        let mut quality = std::mem::take(&mut self.quality);
+        quality.clear();
+        let mut correlation_ids = std::mem::take(&mut self.correlation_ids);
+        correlation_ids.clear();
+        *self = Bucket {
+            durations,
+            quality,
+            correlation_ids,
+            ..Bucket::new(index)
+        };
     }
 
     /// Adds one event. `quality` yields (slot, value) for the figures the stage tracks.
@@ -110,11 +128,7 @@ impl Bucket {
             }
         }
         if let Some(id) = &event.correlation_id {
-            if self.correlation_ids.len() < max_correlation_ids
-                && !self.correlation_ids.iter().any(|c| **c == **id)
-            {
-                self.correlation_ids.push(Box::from(&**id));
-            }
+            self.correlation_ids.insert(id, max_correlation_ids);
         }
     }
 
@@ -165,14 +179,58 @@ impl Bucket {
     pub fn heap_bytes(&self) -> usize {
         self.durations.heap_bytes()
             + self.quality.capacity() * std::mem::size_of::<(u16, f64, u32)>()
-            + self.correlation_ids.capacity() * std::mem::size_of::<Box<str>>()
-            + self.correlation_ids.iter().map(|c| c.len()).sum::<usize>()
+            + self.correlation_ids.heap_bytes()
     }
 
     /// Folds what this bucket saw into the stage's record of reported fields.
     pub fn note_reported(&self, reported: &mut Reported) {
         reported.records |= self.seen & seen::RECORDS != 0;
         reported.bytes |= self.seen & seen::BYTES != 0;
+    }
+}
+
+/// The first few distinct correlation ids of a bucket, in one string: a box per id cost
+/// an allocation every few events, and a reused bucket keeps these two buffers.
+#[derive(Debug, Clone, Default)]
+pub struct CorrelationIds {
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl CorrelationIds {
+    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let id = &self.text[start..end];
+            start = end;
+            id
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Adds `id` unless it is known already or `max` ids are.
+    fn insert(&mut self, id: &str, max: usize) {
+        if self.ends.len() < max && !self.iter().any(|c| c == id) {
+            self.text.push_str(id);
+            self.ends.push(self.text.len());
+        }
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
     }
 }
 

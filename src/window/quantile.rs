@@ -29,6 +29,16 @@ impl P2Quantile {
         self.exact.capacity() * std::mem::size_of::<f64>()
     }
 
+    /// Back to no observations, keeping the sample's allocation for reuse.
+    pub fn clear(&mut self) {
+        let mut exact = std::mem::take(&mut self.exact);
+        exact.clear();
+        *self = P2Quantile {
+            exact,
+            ..P2Quantile::default()
+        };
+    }
+
     pub fn observe(&mut self, x: f64) {
         if (self.n as usize) < EXACT_LIMIT {
             self.exact.push(x);
