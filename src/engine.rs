@@ -189,12 +189,22 @@ impl RecentIds {
         self.set.hasher().hash_one((stage_hash, id))
     }
 
-    fn contains(&self, h: u64) -> bool {
-        self.set.contains(&h)
+    /// Claims id hash `h` for an event: false when it is among the recent ids (the event
+    /// is a duplicate). One probe of the set serves both the check and the insertion; the
+    /// claim is then confirmed once the event is applied, or withdrawn if it is not.
+    fn claim(&mut self, h: u64) -> bool {
+        self.capacity == 0 || self.set.insert(h)
     }
 
-    fn insert(&mut self, h: u64) {
-        if self.capacity == 0 || !self.set.insert(h) {
+    fn withdraw(&mut self, h: u64) {
+        if self.capacity > 0 {
+            self.set.remove(&h);
+        }
+    }
+
+    /// Records a claimed id as the newest, forgetting the oldest beyond the capacity.
+    fn confirm(&mut self, h: u64) {
+        if self.capacity == 0 {
             return;
         }
         self.order.push_back(h);
@@ -365,17 +375,20 @@ impl Engine {
             .event_id
             .as_ref()
             .map(|id| self.recent_ids.hash(stage_hash, id));
-        if id_hash.is_some_and(|h| self.recent_ids.contains(h)) {
+        if id_hash.is_some_and(|h| !self.recent_ids.claim(h)) {
             self.stats.duplicate += 1;
             return Outcome::Duplicate;
         }
         let Some(index) = self.stage_index(event, stage_hash) else {
+            if let Some(h) = id_hash {
+                self.recent_ids.withdraw(h);
+            }
             self.stats.stage_limit += 1;
             return Outcome::StageLimit;
         };
         self.add_to_stage(index, event, bucket);
         if let Some(h) = id_hash {
-            self.recent_ids.insert(h);
+            self.recent_ids.confirm(h);
         }
         self.stats.applied += 1;
         if ts > self.watermark_ms.unwrap_or(i64::MIN) {
