@@ -67,7 +67,7 @@ pids+=($!)
 cat <<INFO
 
 Alerts appear below as pipewatch sends them to the topic pipeline-alerts; invalid events go
-to pipeline-events-dlq. Also look at:
+to pipeline-events-dlq. pipewatch has no metrics endpoint or HTTP API yet; meanwhile look at:
   $work/alerts.ndjson    every alert, as JSON (the alert topic's content)
   $work/pipewatch.log    what pipewatch is doing (partitions, warm-up, commits)
 Press Ctrl-C to stop.
