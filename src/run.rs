@@ -114,6 +114,12 @@ struct PartitionTask {
     last_message_ms: i64,
 }
 
+impl PartitionTask {
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && *self.topic == *topic
+    }
+}
+
 /// Everything the consume loop and the rebalance callback share.
 struct Worker {
     settings: Settings,
@@ -254,7 +260,7 @@ impl Worker {
     }
 
     fn task_index(&mut self, topic: &str, partition: i32) -> usize {
-        let hit = |t: &PartitionTask| t.partition == partition && *t.topic == *topic;
+        let hit = |t: &PartitionTask| t.is(topic, partition);
         if self.tasks.get(self.last_task).is_some_and(hit) {
             return self.last_task;
         }
@@ -475,11 +481,7 @@ impl Worker {
             let (topic, partition) = (element.topic(), element.partition());
             if topic == kafka.alert_topic || topic == kafka.dead_letter_topic {
                 own_output.add_partition(topic, partition);
-            } else if !self
-                .tasks
-                .iter()
-                .any(|t| t.partition == partition && *t.topic == *topic)
-            {
+            } else if !self.tasks.iter().any(|t| t.is(topic, partition)) {
                 added.push((topic.to_string(), partition));
             }
         }
@@ -531,11 +533,7 @@ impl Worker {
                 continue;
             }
             partitions.set_partition_offset(topic, *partition, Offset::Offset(start))?;
-            if let Some(task) = self
-                .tasks
-                .iter_mut()
-                .find(|t| t.partition == *partition && *t.topic == **topic)
-            {
+            if let Some(task) = self.tasks.iter_mut().find(|t| t.is(topic, *partition)) {
                 task.warm_until = Some(end);
                 task.committed = Some(end);
             }
