@@ -265,8 +265,8 @@ impl<'a> Scanner<'a> {
         if self.peek() == Some(b'.') {
             self.pos += 1;
             let (s, n) = self.digits(significand)?;
-            if n == 0 {
-                return None;
+            if n == 0 || digits + n > 19 {
+                return None; // the same as below, before `n` meets the exponent's `i32`
             }
             (significand, digits, exponent, float) = (s, digits + n, -(n as i32), true);
         }
@@ -306,11 +306,13 @@ impl<'a> Scanner<'a> {
         Some(Number::Float(if negative { -x } else { x }))
     }
 
-    /// Decimal digits from here, folded into `acc`; `None` if that overflows a `u64`.
+    /// Decimal digits from here, folded into `acc`, and how many there were. The fold
+    /// wraps instead of checking each digit: a number of more than 19 digits in all is
+    /// declined by the caller, and 19 digits cannot overflow a `u64`.
     fn digits(&mut self, mut acc: u64) -> Option<(u64, usize)> {
         let start = self.pos;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            acc = acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.pos += 1;
         }
         Some((acc, self.pos - start))
