@@ -56,10 +56,10 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
             // A field left out moves the next one up: the keys after the expected one are
             // tried before the key is read.
             let rest = &s.bytes[s.pos..];
-            let field = match KEYS.iter().skip(next).position(|k| has_prefix(rest, k)) {
-                Some(skipped) => {
-                    s.pos += KEYS[next + skipped].len();
-                    next + skipped
+            let field = match (next..KEYS.len()).find(|&field| has_key(rest, field)) {
+                Some(field) => {
+                    s.pos += KEYS[field].len();
+                    field
                 }
                 None => {
                     let key = s.string()?;
@@ -434,24 +434,45 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Whether `rest` starts with `key` (at least 8 bytes, as every quoted key with its colon
-/// is), compared a word at a time, the last word overlapping: a libc `memcmp` call per
-/// key cost more than the comparison itself.
-fn has_prefix(rest: &[u8], key: &[u8]) -> bool {
-    let word = |b: &[u8], at: usize| b.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
-    let n = key.len();
-    if n < 8 || rest.len() < n {
-        return rest.starts_with(key);
+/// Whether `rest` starts with `KEYS[field]`. The message's next 24 bytes (every key
+/// with its colon fits) are compared with the key as three masked words: a key is
+/// checked for every field of every event, and a libc `memcmp` call per key, or a
+/// comparison a word at a time with bounds checks, cost more than that.
+fn has_key(rest: &[u8], field: usize) -> bool {
+    let Some(window) = rest.first_chunk::<KEY_WINDOW>() else {
+        return rest.starts_with(KEYS[field]);
+    };
+    let (words, masks) = &KEY_WORDS[field];
+    let mut differ = 0;
+    for i in 0..3 {
+        let mut word = [0; 8];
+        word.copy_from_slice(&window[i * 8..i * 8 + 8]);
+        differ |= (u64::from_le_bytes(word) ^ words[i]) & masks[i];
     }
-    let mut at = 0;
-    while at + 8 < n {
-        if word(rest, at) != word(key, at) {
-            return false;
-        }
-        at += 8;
-    }
-    word(rest, n - 8) == word(key, n - 8)
+    differ == 0
 }
+
+/// The bytes of a key window, and the longest of `KEYS`.
+const KEY_WINDOW: usize = 24;
+
+/// Each of `KEYS` as three little-endian words, zero after its end, and the masks of
+/// its bytes in them.
+const KEY_WORDS: [([u64; 3], [u64; 3]); KEYS.len()] = {
+    let mut table = [([0; 3], [0; 3]); KEYS.len()];
+    let mut k = 0;
+    while k < KEYS.len() {
+        let key = KEYS[k];
+        assert!(key.len() <= KEY_WINDOW);
+        let mut i = 0;
+        while i < key.len() {
+            table[k].0[i / 8] |= (key[i] as u64) << (8 * (i % 8));
+            table[k].1[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        k += 1;
+    }
+    table
+};
 
 /// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
 /// a backslash or a control character), or `bytes.len()`; and whether every byte before
@@ -526,6 +547,26 @@ mod tests {
                 assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
                 bytes[at] = b'b';
                 assert_eq!(special_byte(&bytes), (len, true), "{bytes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_match_as_starts_with_matches() {
+        for (field, key) in KEYS.iter().enumerate() {
+            for other in KEYS {
+                for tail in [&b""[..], b"1", b"\"x\",\"stage\":\"s\",\"timestamp\":1}"] {
+                    let text = [other, tail].concat();
+                    for end in 0..=text.len() {
+                        let rest = &text[..end];
+                        assert_eq!(has_key(rest, field), rest.starts_with(key), "{rest:?}");
+                        for at in 0..rest.len() {
+                            let mut changed = rest.to_vec();
+                            changed[at] ^= 0x20;
+                            assert_eq!(has_key(&changed, field), changed.starts_with(key));
+                        }
+                    }
+                }
             }
         }
     }
