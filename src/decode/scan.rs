@@ -484,30 +484,30 @@ fn special_byte(bytes: &[u8]) -> (usize, bool) {
     // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
     // above a marked one, never below: the lowest mark is always right.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
-    let mut i = 0;
-    let mut non_ascii = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let v = u64::from_le_bytes(chunk);
+    let mut rest = bytes;
+    while let Some((chunk, tail)) = rest.split_first_chunk::<8>() {
+        let v = u64::from_le_bytes(*chunk);
+        // A non-ASCII byte stops the word loop too, so that ASCII strings, nearly all of
+        // them, need no bookkeeping; the rest of a string that has one is read below.
         let marks = below(v ^ (ONES * u64::from(b'"')), 1)
             | below(v ^ (ONES * u64::from(b'\\')), 1)
-            | below(v, 0x20);
+            | below(v, 0x20)
+            | v & HIGHS;
         if marks != 0 {
-            let at = marks.trailing_zeros() / 8;
-            non_ascii |= v & HIGHS & ((1 << (at * 8)) - 1);
-            return (i + at as usize, non_ascii == 0);
+            let at = (marks.trailing_zeros() / 8) as usize;
+            if chunk[at] < 0x80 {
+                return (bytes.len() - rest.len() + at, true);
+            }
+            break;
         }
-        non_ascii |= v & HIGHS;
-        i += 8;
+        rest = tail;
     }
-    let rest = &bytes[i..];
+    let done = bytes.len() - rest.len();
     let n = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .unwrap_or(rest.len());
-    (i + n, non_ascii == 0 && rest[..n].is_ascii())
+    (done + n, rest[..n].is_ascii())
 }
 
 #[cfg(test)]
