@@ -616,6 +616,26 @@ fn fast_path_agrees_at_the_limits() {
     ] {
         texts.push(with("quality", format!(r#"{{"q":{x}}}"#)));
     }
+    // Counts the scanner reads as plain integers, and the near misses it leaves to the
+    // general number reader.
+    for x in [
+        "0",
+        "00",
+        "01",
+        "-0",
+        "-1",
+        "1.0",
+        "1e2",
+        "1E2",
+        "12 ",
+        "9999999999999999999",
+        "10000000000000000000",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
+        texts.push(with("records_in", x.to_string()));
+        texts.push(with("errors", x.to_string()));
+    }
     for field in KEYS {
         texts.push(with(field, "null".to_string()));
     }

@@ -319,6 +319,19 @@ impl<'a> Scanner<'a> {
     }
 
     fn count(&mut self) -> Option<u64> {
+        // Nearly every count is a plain integer: read as one here, without the general
+        // number reader; anything else (a sign, a leading zero, a fraction, an exponent,
+        // more than 19 digits) is read again by it.
+        self.skip_ws();
+        let start = self.pos;
+        let (n, len) = self.digits(0)?;
+        let plain = (1..=19).contains(&len)
+            && (len == 1 || self.bytes[start] != b'0')
+            && !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+        if plain {
+            return Some(n);
+        }
+        self.pos = start;
         match self.number()? {
             Number::Unsigned(n) => Some(n),
             Number::Float(_) => None,
