@@ -534,6 +534,20 @@ fn fast_path_agrees_at_the_limits() {
         "\"2200-01-01T00:00:00Z\"",
         "9223372036854775807",
         "9223372036854775808",
+        // The scanner's own reading of the two common shapes, and near misses of them.
+        "\"2026-11-24T03:00:00.250Z\"",
+        "\"2026-11-24T03:00:00Z\"",
+        "\"2026-02-30T03:00:00Z\"",
+        "\"2024-02-29T23:59:59.999Z\"",
+        "\"2026-11-24T03:00:00.250z\"",
+        "\"2026-11-24T03:00:00.2Z\"",
+        "\"2026-11-24T03:00:00.2500Z\"",
+        "\"2026-11-24T03:00:00.25\\u005a\"",
+        "\"2026-11-24T03:00:00+01:00\"",
+        "\"2026-11-24T03:00:00.250Z",
+        "\"2026-11-24T03:00:00Z",
+        "\"2026-11-24 03:00:00.250Z\"",
+        "\"2026-11-24T03:0a:00.250Z\"",
     ] {
         texts.push(format!(r#"{{{base},"timestamp":{ts}}}"#));
     }
@@ -601,6 +615,26 @@ fn fast_path_agrees_at_the_limits() {
         "-0e0",
     ] {
         texts.push(with("quality", format!(r#"{{"q":{x}}}"#)));
+    }
+    // Counts the scanner reads as plain integers, and the near misses it leaves to the
+    // general number reader.
+    for x in [
+        "0",
+        "00",
+        "01",
+        "-0",
+        "-1",
+        "1.0",
+        "1e2",
+        "1E2",
+        "12 ",
+        "9999999999999999999",
+        "10000000000000000000",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
+        texts.push(with("records_in", x.to_string()));
+        texts.push(with("errors", x.to_string()));
     }
     for field in KEYS {
         texts.push(with(field, "null".to_string()));

@@ -56,10 +56,10 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
             // A field left out moves the next one up: the keys after the expected one are
             // tried before the key is read.
             let rest = &s.bytes[s.pos..];
-            let field = match KEYS.iter().skip(next).position(|k| has_prefix(rest, k)) {
-                Some(skipped) => {
-                    s.pos += KEYS[next + skipped].len();
-                    next + skipped
+            let field = match (next..KEYS.len()).find(|&field| has_key(rest, field)) {
+                Some(field) => {
+                    s.pos += KEYS[field].len();
+                    field
                 }
                 None => {
                     let key = s.string()?;
@@ -265,8 +265,8 @@ impl<'a> Scanner<'a> {
         if self.peek() == Some(b'.') {
             self.pos += 1;
             let (s, n) = self.digits(significand)?;
-            if n == 0 {
-                return None;
+            if n == 0 || digits + n > 19 {
+                return None; // the same as below, before `n` meets the exponent's `i32`
             }
             (significand, digits, exponent, float) = (s, digits + n, -(n as i32), true);
         }
@@ -306,17 +306,32 @@ impl<'a> Scanner<'a> {
         Some(Number::Float(if negative { -x } else { x }))
     }
 
-    /// Decimal digits from here, folded into `acc`; `None` if that overflows a `u64`.
+    /// Decimal digits from here, folded into `acc`, and how many there were. The fold
+    /// wraps instead of checking each digit: a number of more than 19 digits in all is
+    /// declined by the caller, and 19 digits cannot overflow a `u64`.
     fn digits(&mut self, mut acc: u64) -> Option<(u64, usize)> {
         let start = self.pos;
         while let Some(c @ b'0'..=b'9') = self.peek() {
-            acc = acc.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.pos += 1;
         }
         Some((acc, self.pos - start))
     }
 
     fn count(&mut self) -> Option<u64> {
+        // Nearly every count is a plain integer: read as one here, without the general
+        // number reader; anything else (a sign, a leading zero, a fraction, an exponent,
+        // more than 19 digits) is read again by it.
+        self.skip_ws();
+        let start = self.pos;
+        let (n, len) = self.digits(0)?;
+        let plain = (1..=19).contains(&len)
+            && (len == 1 || self.bytes[start] != b'0')
+            && !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+        if plain {
+            return Some(n);
+        }
+        self.pos = start;
         match self.number()? {
             Number::Unsigned(n) => Some(n),
             Number::Float(_) => None,
@@ -333,7 +348,8 @@ impl<'a> Scanner<'a> {
 
     fn timestamp(&mut self) -> Option<i64> {
         let ms = if self.peek() == Some(b'"') {
-            crate::time::parse_rfc3339_ms(self.string()?)?
+            self.utc_timestamp()
+                .or_else(|| crate::time::parse_rfc3339_ms(self.string()?))?
         } else {
             i64::try_from(self.count()?).ok()?
         };
@@ -342,7 +358,33 @@ impl<'a> Scanner<'a> {
             .then_some(ms)
     }
 
+    /// A quoted timestamp in the two shapes producers write, `YYYY-MM-DDTHH:MM:SS.fffZ`
+    /// and `YYYY-MM-DDTHH:MM:SSZ`, read without the string reader: `utc_ms` accepts only
+    /// digits and `-T:.Z`, so the text is plain ASCII without escapes, and it gives what
+    /// `parse_rfc3339_ms` gives. `None`, having read nothing, for anything else.
+    fn utc_timestamp(&mut self) -> Option<i64> {
+        let text = self.bytes.get(self.pos + 1..)?;
+        let len = [24, 20].into_iter().find(|&n| text.get(n) == Some(&b'"'))?;
+        let ms = crate::time::utc_ms(&text[..len])?;
+        self.pos += len + 2;
+        Some(ms)
+    }
+
     fn status(&mut self) -> Option<Status> {
+        // The four words compared in place, quotes and all, before the string reader: the
+        // status is in every event and nearly always one of them as written here.
+        let rest = &self.bytes[self.pos..];
+        for (word, status) in [
+            (&b"\"success\""[..], Status::Success),
+            (b"\"failure\"", Status::Failure),
+            (b"\"retry\"", Status::Retry),
+            (b"\"skipped\"", Status::Skipped),
+        ] {
+            if rest.starts_with(word) {
+                self.pos += word.len();
+                return Some(status);
+            }
+        }
         match self.string()? {
             "success" => Some(Status::Success),
             "failure" => Some(Status::Failure),
@@ -419,24 +461,45 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Whether `rest` starts with `key` (at least 8 bytes, as every quoted key with its colon
-/// is), compared a word at a time, the last word overlapping: a libc `memcmp` call per
-/// key cost more than the comparison itself.
-fn has_prefix(rest: &[u8], key: &[u8]) -> bool {
-    let word = |b: &[u8], at: usize| b.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
-    let n = key.len();
-    if n < 8 || rest.len() < n {
-        return rest.starts_with(key);
+/// Whether `rest` starts with `KEYS[field]`. The message's next 24 bytes (every key
+/// with its colon fits) are compared with the key as three masked words: a key is
+/// checked for every field of every event, and a libc `memcmp` call per key, or a
+/// comparison a word at a time with bounds checks, cost more than that.
+fn has_key(rest: &[u8], field: usize) -> bool {
+    let Some(window) = rest.first_chunk::<KEY_WINDOW>() else {
+        return rest.starts_with(KEYS[field]);
+    };
+    let (words, masks) = &KEY_WORDS[field];
+    let mut differ = 0;
+    for i in 0..3 {
+        let mut word = [0; 8];
+        word.copy_from_slice(&window[i * 8..i * 8 + 8]);
+        differ |= (u64::from_le_bytes(word) ^ words[i]) & masks[i];
     }
-    let mut at = 0;
-    while at + 8 < n {
-        if word(rest, at) != word(key, at) {
-            return false;
-        }
-        at += 8;
-    }
-    word(rest, n - 8) == word(key, n - 8)
+    differ == 0
 }
+
+/// The bytes of a key window, and the longest of `KEYS`.
+const KEY_WINDOW: usize = 24;
+
+/// Each of `KEYS` as three little-endian words, zero after its end, and the masks of
+/// its bytes in them.
+const KEY_WORDS: [([u64; 3], [u64; 3]); KEYS.len()] = {
+    let mut table = [([0; 3], [0; 3]); KEYS.len()];
+    let mut k = 0;
+    while k < KEYS.len() {
+        let key = KEYS[k];
+        assert!(key.len() <= KEY_WINDOW);
+        let mut i = 0;
+        while i < key.len() {
+            table[k].0[i / 8] |= (key[i] as u64) << (8 * (i % 8));
+            table[k].1[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        k += 1;
+    }
+    table
+};
 
 /// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
 /// a backslash or a control character), or `bytes.len()`; and whether every byte before
@@ -448,30 +511,30 @@ fn special_byte(bytes: &[u8]) -> (usize, bool) {
     // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
     // above a marked one, never below: the lowest mark is always right.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
-    let mut i = 0;
-    let mut non_ascii = 0;
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let Ok(chunk) = <[u8; 8]>::try_from(chunk) else {
-            break;
-        };
-        let v = u64::from_le_bytes(chunk);
+    let mut rest = bytes;
+    while let Some((chunk, tail)) = rest.split_first_chunk::<8>() {
+        let v = u64::from_le_bytes(*chunk);
+        // A non-ASCII byte stops the word loop too, so that ASCII strings, nearly all of
+        // them, need no bookkeeping; the rest of a string that has one is read below.
         let marks = below(v ^ (ONES * u64::from(b'"')), 1)
             | below(v ^ (ONES * u64::from(b'\\')), 1)
-            | below(v, 0x20);
+            | below(v, 0x20)
+            | v & HIGHS;
         if marks != 0 {
-            let at = marks.trailing_zeros() / 8;
-            non_ascii |= v & HIGHS & ((1 << (at * 8)) - 1);
-            return (i + at as usize, non_ascii == 0);
+            let at = (marks.trailing_zeros() / 8) as usize;
+            if chunk[at] < 0x80 {
+                return (bytes.len() - rest.len() + at, true);
+            }
+            break;
         }
-        non_ascii |= v & HIGHS;
-        i += 8;
+        rest = tail;
     }
-    let rest = &bytes[i..];
+    let done = bytes.len() - rest.len();
     let n = rest
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .unwrap_or(rest.len());
-    (i + n, non_ascii == 0 && rest[..n].is_ascii())
+    (done + n, rest[..n].is_ascii())
 }
 
 #[cfg(test)]
@@ -511,6 +574,26 @@ mod tests {
                 assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
                 bytes[at] = b'b';
                 assert_eq!(special_byte(&bytes), (len, true), "{bytes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_match_as_starts_with_matches() {
+        for (field, key) in KEYS.iter().enumerate() {
+            for other in KEYS {
+                for tail in [&b""[..], b"1", b"\"x\",\"stage\":\"s\",\"timestamp\":1}"] {
+                    let text = [other, tail].concat();
+                    for end in 0..=text.len() {
+                        let rest = &text[..end];
+                        assert_eq!(has_key(rest, field), rest.starts_with(key), "{rest:?}");
+                        for at in 0..rest.len() {
+                            let mut changed = rest.to_vec();
+                            changed[at] ^= 0x20;
+                            assert_eq!(has_key(&changed, field), changed.starts_with(key));
+                        }
+                    }
+                }
             }
         }
     }
