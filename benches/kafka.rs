@@ -64,11 +64,8 @@ fn produce(kafka: &KafkaSettings) -> usize {
     let mut bytes = 0;
     for event in sim.keyed_events().take(EVENTS as usize) {
         bytes += event.json.len();
-        let mut record = BaseRecord::to(TOPIC).key(&event.key).payload(&event.json);
-        while let Err((_, back)) = producer.send(record) {
-            record = back;
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let record = BaseRecord::to(TOPIC).key(&event.key).payload(&event.json);
+        pipewatch::kafka::send_waiting(&producer, record).expect("queued");
     }
     producer
         .flush(Duration::from_secs(120))

@@ -10,8 +10,9 @@ use anyhow::Context;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::producer::ProducerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
 use crate::config::KafkaSettings;
@@ -72,6 +73,30 @@ impl ClientContext for LoggingContext {
 impl ProducerContext for LoggingContext {
     type DeliveryOpaque = ();
     fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+}
+
+/// Queues `record`, waiting out a full local queue: that is backpressure from a broker
+/// that cannot keep up (or is away), and dropping the message is not an option. Other
+/// errors are returned.
+pub fn send_waiting<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext,
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
 }
 
 /// Creates the topics that do not exist yet, with `partitions` each (replication 1: this

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::config::KafkaSettings;
@@ -51,18 +50,9 @@ pub fn produce(
                 std::thread::sleep(wait);
             }
         }
-        let mut record = BaseRecord::to(topic).key(&event.key).payload(&event.json);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                // The broker is slower than the simulator (or away): wait, lose nothing.
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((err, _)) => return Err(err).context("producing a simulated event"),
-            }
-        }
+        // The broker may be slower than the simulator (or away): wait, lose nothing.
+        let record = BaseRecord::to(topic).key(&event.key).payload(&event.json);
+        crate::kafka::send_waiting(&producer, record).context("producing a simulated event")?;
         sent += 1;
     }
     producer

@@ -149,7 +149,7 @@ impl KafkaSink {
         if let Some(key) = origin.key {
             record = record.key(key);
         }
-        match self.try_send(record) {
+        match crate::kafka::send_waiting(&self.producer, record) {
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                 // Larger than this producer may send (message.max.bytes): the reason and
                 // origin still go, so the message can be found at its source.
@@ -184,25 +184,8 @@ impl KafkaSink {
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) {
         let topic = record.topic;
-        if let Err(err) = self.try_send(record) {
+        if let Err(err) = crate::kafka::send_waiting(&self.producer, record) {
             self.refused(topic, &err);
-        }
-    }
-
-    /// Sends, waiting out a full local queue; other errors are returned.
-    fn try_send<'a>(
-        &self,
-        mut record: BaseRecord<'a, [u8], [u8], usize>,
-    ) -> Result<(), KafkaError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((err, _)) => return Err(err),
-            }
         }
     }
 
