@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pipewatch::config::{KafkaSettings, Settings};
+use pipewatch::live::{Driver, Live};
 use pipewatch::run::{consume, Progress, RunArgs};
 use pipewatch::simulate::{FaultPlan, SimOptions, Simulation};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -98,7 +99,10 @@ fn pipewatch(settings: &Settings) -> f64 {
         .name("pipewatch".into())
         .spawn({
             let (settings, progress, stop) = (settings.clone(), progress.clone(), stop.clone());
-            move || consume(&settings, &RunArgs::default(), &stop, progress).expect("consumes")
+            move || {
+                let live = Arc::new(Live::new(&settings, Driver::Service));
+                consume(&settings, &RunArgs::default(), &stop, progress, live).expect("consumes")
+            }
         })
         .expect("a thread");
     while progress.processed.load(Ordering::Relaxed) == 0 {

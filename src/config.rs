@@ -218,6 +218,14 @@ pub struct AlertSettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+    /// Bearer token the API's write endpoints require; empty turns them off.
+    pub api_token: String,
+    /// Stages whose per-stage gauges `/metrics` exports; the rest are counted.
+    pub metrics_max_stages: usize,
+    /// Notifications kept for `/api/v1/alerts?state=recent`.
+    pub recent_alerts: usize,
+    /// Silences that may exist at once.
+    pub max_silences: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -506,6 +514,28 @@ impl Settings {
                 "a duration of 1s or more",
             ));
         }
+        let h = &self.http;
+        if h.recent_alerts == 0 || h.recent_alerts > 100_000 {
+            return Err(invalid(
+                "http.recent_alerts",
+                h.recent_alerts,
+                "from 1 to 100000",
+            ));
+        }
+        if h.max_silences == 0 || h.max_silences > 100_000 {
+            return Err(invalid(
+                "http.max_silences",
+                h.max_silences,
+                "from 1 to 100000",
+            ));
+        }
+        if !h.api_token.is_empty() && h.api_token.len() < 16 {
+            return Err(invalid(
+                "http.api_token",
+                REDACTED,
+                "empty (write endpoints off) or at least 16 characters",
+            ));
+        }
         let e = &self.email;
         if e.enabled && e.to.is_empty() {
             return Err(invalid(
@@ -522,6 +552,9 @@ impl Settings {
         let mut copy = self.clone();
         if !copy.email.password.is_empty() {
             copy.email.password = REDACTED.to_string();
+        }
+        if !copy.http.api_token.is_empty() {
+            copy.http.api_token = REDACTED.to_string();
         }
         for (name, value) in copy.kafka.properties.iter_mut() {
             if is_secret_property(name) {
@@ -555,9 +588,12 @@ pub fn is_secret_property(name: &str) -> bool {
 }
 
 pub(crate) fn compile_glob(key: &str, pattern: &str) -> Result<globset::GlobMatcher, ConfigError> {
-    globset::Glob::new(pattern)
-        .map(|g| g.compile_matcher())
-        .map_err(|e| invalid(key, pattern, &format!("a glob pattern ({e})")))
+    glob_matcher(pattern).map_err(|e| invalid(key, pattern, &format!("a glob pattern ({e})")))
+}
+
+/// The one way pipewatch reads a glob (over "pipeline/stage", metric names, kinds).
+pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    globset::Glob::new(pattern).map(|g| g.compile_matcher())
 }
 
 impl Tuning {

@@ -65,6 +65,26 @@ impl Stats {
     }
 }
 
+/// Sums counters: a process's totals are those of its engines, live and dropped.
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, other: &Stats) {
+        self.applied += other.applied;
+        self.late += other.late;
+        self.duplicate += other.duplicate;
+        self.stage_limit += other.stage_limit;
+        for (a, b) in self.invalid.iter_mut().zip(other.invalid.iter()) {
+            *a += b;
+        }
+        self.quality_overflow += other.quality_overflow;
+        self.stages_created += other.stages_created;
+        self.stages_evicted += other.stages_evicted;
+        self.buckets_closed += other.buckets_closed;
+        self.buckets_skipped += other.buckets_skipped;
+        self.alerts_firing += other.alerts_firing;
+        self.alerts_resolved += other.alerts_resolved;
+    }
+}
+
 /// One scored bucket of one metric by one detector (`../shared/schema/score.md`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoredBucket {
@@ -86,6 +106,9 @@ pub struct ScoredBucket {
     pub warming_up: bool,
     /// This detector's own verdict (an addition to the v1 fields).
     pub flagged: bool,
+    /// This detector's judgement is the one the bucket's verdict, and any alert, reports
+    /// (an addition to the v1 fields): the band the dashboard and per-stage metrics show.
+    pub lead: bool,
 }
 
 /// Where the engine puts what it produces; the driver drains it.
@@ -94,6 +117,9 @@ pub struct Outputs {
     pub alerts: Vec<Alert>,
     /// Filled only when the engine was built with scores enabled.
     pub scores: Vec<ScoredBucket>,
+    /// Stages forgotten after `stages.idle_timeout`, as (pipeline, stage); filled only
+    /// with scores enabled, for whoever keeps a view of the stages built from them.
+    pub forgotten: Vec<(String, String)>,
 }
 
 /// One metric of one stage: its policy, its learnt state, its alert lifecycles.
@@ -586,6 +612,10 @@ impl Engine {
         }
         self.stats.stages_evicted += 1;
         self.budget.give_back(1);
+        if self.emit_scores {
+            out.forgotten
+                .push((stage.pipeline.to_string(), stage.stage.to_string()));
+        }
         let all_slots = 0..stage.series.len();
         stop_judging(
             &mut stage,
@@ -767,6 +797,7 @@ impl Closer<'_> {
                     anomalous: verdict.anomalous,
                     warming_up: j.band.is_none(),
                     flagged: j.band.is_some_and(|b| b.flagged),
+                    lead: verdict.lead.is_some_and(|l| l.detector == j.detector),
                 });
             }
         }

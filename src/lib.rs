@@ -18,17 +18,20 @@
 //!   [`simulate`] are commands built on it; [`kafka`] holds what all Kafka clients share.
 
 pub mod alert;
+pub mod api;
 pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod engine;
 pub mod kafka;
+pub mod live;
 pub mod metric;
 pub mod replay;
 pub mod run;
 pub mod simulate;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod time;
 pub mod window;

@@ -63,21 +63,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", settings()?.to_redacted_toml());
             Ok(())
         }
+        Command::Replay(args) if args.serve => {
+            runtime()?.block_on(replay::serve(settings()?, args))?;
+            Ok(())
+        }
         Command::Replay(ref args) => {
-            let stats = replay::run(&settings()?, args)?;
+            let stats = replay::run(&settings()?, args, None)?;
             eprintln!("{}", replay::summary(&stats));
             Ok(())
         }
         Command::Run(args) => {
             let settings = settings()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let counters = runtime.block_on(service::serve(settings, args))?;
+            let counters = runtime()?.block_on(service::serve(settings, args))?;
             eprintln!("{}", service::summary(&counters));
             Ok(())
         }
         Command::Simulate(args) => simulate::run(args, &settings()?),
     }
+}
+
+/// The runtime of the commands that serve HTTP: the engines run on their own blocking
+/// thread, so two workers carry the HTTP server and signals with room to spare.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }

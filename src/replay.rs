@@ -10,8 +10,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use crate::config::Settings;
 use crate::engine::{Engine, Outcome, Outputs, Stats};
+use crate::live::{Driver, Live};
 use crate::sink::ndjson::NdjsonWriter;
 use crate::source::ndjson::LineReader;
 
@@ -29,7 +32,15 @@ pub struct ReplayArgs {
     /// Write each invalid line with its reason, as JSON, here.
     #[arg(long)]
     pub dead_letters: Option<PathBuf>,
+    /// Serve the API, /metrics and health checks on `http.listen` while replaying and
+    /// after, until Ctrl-C or SIGTERM: a backtest to explore. /readyz turns ready when
+    /// the input is done. Nothing is emailed.
+    #[arg(long)]
+    pub serve: bool,
 }
+
+/// Lines between two updates of the live metrics while replaying.
+const REPORT_EVERY: u64 = 4096;
 
 /// A refused input line, as `--dead-letters` records it.
 #[derive(Serialize)]
@@ -42,7 +53,8 @@ struct DeadLetter<'a> {
     payload: String,
 }
 
-pub fn run(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<Stats> {
+/// Replays `args.input`; with `live`, also shows the replay in the live state.
+pub fn run(settings: &Settings, args: &ReplayArgs, live: Option<&Live>) -> anyhow::Result<Stats> {
     let input: Box<dyn BufRead> = if args.input.as_os_str() == "-" {
         Box::new(BufReader::with_capacity(1 << 16, io::stdin().lock()))
     } else {
@@ -57,7 +69,7 @@ pub fn run(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<Stats> {
     let mut scores = args.scores.as_ref().map(create).transpose()?;
     let mut dead = args.dead_letters.as_ref().map(create).transpose()?;
 
-    let mut engine = Engine::new(settings, scores.is_some());
+    let mut engine = Engine::new(settings, scores.is_some() || live.is_some());
     let mut reader = LineReader::new(input, settings.input.max_event_bytes);
     let mut out = Outputs::default();
     // Replay judges history by its own event time: comparing timestamps with today's
@@ -81,10 +93,14 @@ pub fn run(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<Stats> {
                 })?;
             }
         }
-        drain(&mut out, &mut alerts, scores.as_mut())?;
+        drain(&mut out, &mut alerts, scores.as_mut(), live)?;
+        if line_number % REPORT_EVERY == 0 {
+            report(&engine, live);
+        }
     }
     engine.finish(&mut out);
-    drain(&mut out, &mut alerts, scores.as_mut())?;
+    drain(&mut out, &mut alerts, scores.as_mut(), live)?;
+    report(&engine, live);
     alerts.flush()?;
     if let Some(s) = scores.as_mut() {
         s.flush()?;
@@ -99,16 +115,61 @@ fn drain(
     out: &mut Outputs,
     alerts: &mut NdjsonWriter,
     scores: Option<&mut NdjsonWriter>,
+    live: Option<&Live>,
 ) -> io::Result<()> {
-    for alert in out.alerts.drain(..) {
+    for mut alert in out.alerts.drain(..) {
+        if let Some(live) = live {
+            live.record_alert(&mut alert);
+        }
         alerts.write(&alert)?;
     }
     if let Some(scores) = scores {
-        for score in out.scores.drain(..) {
-            scores.write(&score)?;
+        for score in &out.scores {
+            scores.write(score)?;
+        }
+    }
+    match live {
+        Some(live) => live.observe(out, None),
+        None => {
+            out.scores.clear();
+            out.forgotten.clear();
         }
     }
     Ok(())
+}
+
+fn report(engine: &Engine, live: Option<&Live>) {
+    if let Some(live) = live {
+        live.telemetry.record_engine(engine.stats());
+        live.telemetry
+            .tracked_stages
+            .set(engine.tracked_stages() as i64);
+    }
+}
+
+/// `pipewatch replay --serve`: replays while serving the live state, then serves on
+/// until SIGINT or SIGTERM.
+pub async fn serve(settings: Settings, args: ReplayArgs) -> anyhow::Result<Stats> {
+    let live = Arc::new(Live::new(&settings, Driver::Replay));
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (address, http) = crate::api::serve(&settings.http.listen, Arc::clone(&live), async {
+        let _ = http_stopped.await;
+    })
+    .await?;
+    let stats = tokio::task::spawn_blocking({
+        let live = Arc::clone(&live);
+        move || run(&settings, &args, Some(&live))
+    })
+    .await
+    .context("the replay thread panicked")??;
+    live.set_replay_finished();
+    eprintln!("{}", summary(&stats));
+    eprintln!("replay done; serving its results on http://{address} until Ctrl-C");
+    let signal = crate::run::stop_requested().await;
+    tracing::info!("{signal}: stopping");
+    let _ = http_stop.send(());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
+    Ok(stats)
 }
 
 /// The one-paragraph account replay prints to standard error when it ends.

@@ -46,10 +46,13 @@ use rdkafka::{ClientContext, Message};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::engine::{Engine, Outcome, Outputs, StageBudget};
-use crate::sink::kafka::{KafkaSink, Origin, SinkCounters};
+use crate::engine::{Engine, Outcome, Outputs, StageBudget, Stats};
+use crate::live::stages::Owner;
+use crate::live::{Driver, Live};
+use crate::sink::kafka::{KafkaSink, Origin};
 use crate::sink::ndjson::NdjsonWriter;
-use crate::source::kafka::{consumer_config, BrokerView};
+use crate::source::kafka::{consumer_config, lag, BrokerView};
+use crate::telemetry::mirror;
 
 /// How long one poll waits for a message: the loop's reaction time to a stop request.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -103,8 +106,7 @@ pub struct Progress {
 
 /// One assigned partition and its engine.
 struct PartitionTask {
-    topic: Arc<str>,
-    partition: i32,
+    owner: Owner,
     engine: Engine,
     /// Offset after the last message processed.
     next_offset: Option<i64>,
@@ -116,7 +118,7 @@ struct PartitionTask {
 
 impl PartitionTask {
     fn is(&self, topic: &str, partition: i32) -> bool {
-        self.partition == partition && *self.topic == *topic
+        self.owner.partition == partition && *self.owner.topic == *topic
     }
 }
 
@@ -137,6 +139,9 @@ struct Worker {
     counters: RunCounters,
     progress: Arc<Progress>,
     last_commit: Instant,
+    live: Arc<Live>,
+    /// Counters of the engines of partitions no longer assigned.
+    retired: Stats,
 }
 
 /// The consumer's context: librdkafka calls it from `poll`, on the loop's own thread.
@@ -229,7 +234,12 @@ impl ConsumerContext for ServiceContext {
 }
 
 impl Worker {
-    fn new(settings: &Settings, args: &RunArgs, progress: Arc<Progress>) -> anyhow::Result<Worker> {
+    fn new(
+        settings: &Settings,
+        args: &RunArgs,
+        progress: Arc<Progress>,
+        live: Arc<Live>,
+    ) -> anyhow::Result<Worker> {
         let alerts_out = args
             .alerts_out
             .as_ref()
@@ -256,6 +266,8 @@ impl Worker {
             counters: RunCounters::default(),
             progress,
             last_commit: Instant::now(),
+            live,
+            retired: Stats::default(),
         })
     }
 
@@ -280,9 +292,12 @@ impl Worker {
 
     fn new_task(&self, topic: &str, partition: i32) -> PartitionTask {
         PartitionTask {
-            topic: Arc::from(topic),
-            partition,
-            engine: Engine::with_budget(&self.settings, false, self.budget.clone()),
+            owner: Owner {
+                topic: Arc::from(topic),
+                partition,
+            },
+            // Scores feed the live view (API, dashboard, per-stage gauges).
+            engine: Engine::with_budget(&self.settings, true, self.budget.clone()),
             next_offset: None,
             committed: None,
             warm_until: None,
@@ -290,8 +305,8 @@ impl Worker {
         }
     }
 
-    /// One message, start to end.
-    fn process(&mut self, message: &BorrowedMessage<'_>) {
+    /// One message, start to end. `sample_latency`: observe its processing latency.
+    fn process(&mut self, message: &BorrowedMessage<'_>, sample_latency: bool) {
         let now_ms = self.now_ms;
         let i = self.task_index(message.topic(), message.partition());
         let task = &mut self.tasks[i];
@@ -303,13 +318,16 @@ impl Worker {
         if let Some(end) = task.warm_until {
             if offset < end {
                 // Handled before this assignment: only the state it builds is wanted.
-                self.out.alerts.clear();
+                for alert in self.out.alerts.drain(..) {
+                    self.live.restore_alert(&alert);
+                }
+                self.live.observe(&mut self.out, Some(&task.owner));
                 self.counters.warmup += 1;
                 if offset + 1 >= end {
                     task.warm_until = None;
                     tracing::info!(
                         topic = message.topic(),
-                        partition = task.partition,
+                        partition = task.owner.partition,
                         stages = task.engine.tracked_stages(),
                         "warm-up done; judging from the committed offset"
                     );
@@ -321,6 +339,12 @@ impl Worker {
         }
         self.counters.processed += 1;
         self.progress.processed.fetch_add(1, Ordering::Relaxed);
+        if sample_latency {
+            if let Some(ts) = message.timestamp().to_millis().filter(|&ts| ts > 0) {
+                let seconds = (now_ms - ts).max(0) as f64 / 1000.0;
+                self.live.telemetry.processing_latency.observe(seconds);
+            }
+        }
         match &outcome {
             Outcome::Applied => self.counters.applied += 1,
             Outcome::Invalid(rejection) => {
@@ -346,15 +370,17 @@ impl Worker {
                 tracing::error!(error = %err, "cannot write the offsets log");
             }
         }
-        self.publish();
+        self.publish(i);
     }
 
-    /// Sends what the engines produced.
-    fn publish(&mut self) {
-        if self.out.alerts.is_empty() {
+    /// Sends what task `i`'s engine produced, and shows it in the live view.
+    fn publish(&mut self, i: usize) {
+        if self.out.alerts.is_empty() && self.out.scores.is_empty() && self.out.forgotten.is_empty()
+        {
             return;
         }
-        for alert in self.out.alerts.drain(..) {
+        for mut alert in self.out.alerts.drain(..) {
+            let _email = self.live.record_alert(&mut alert);
             tracing::info!(
                 status = ?alert.status,
                 severity = ?alert.severity,
@@ -374,6 +400,7 @@ impl Worker {
                 tracing::error!(error = %err, "cannot write --alerts-out");
             }
         }
+        self.live.observe(&mut self.out, Some(&self.tasks[i].owner));
     }
 
     /// Periodic work: live clocks, then a commit when one is due.
@@ -381,11 +408,13 @@ impl Worker {
         let now_ms = self.clock.now_ms();
         self.now_ms = now_ms;
         let brokers = consumer.context().brokers().clone();
-        if brokers.connected_at(now_ms) {
-            for task in &mut self.tasks {
+        let connected = brokers.connected_at(now_ms);
+        if connected {
+            for i in 0..self.tasks.len() {
+                let task = &mut self.tasks[i];
                 let caught_up = match (
                     task.next_offset,
-                    brokers.high_watermark(&task.topic, task.partition),
+                    brokers.high_watermark(&task.owner.topic, task.owner.partition),
                 ) {
                     (Some(next), Some(high)) => next >= high,
                     _ => false,
@@ -395,13 +424,77 @@ impl Worker {
                     && now_ms - task.last_message_ms >= QUIET_MS
                 {
                     task.engine.advance_clock(now_ms, &mut self.out);
+                    self.publish(i);
                 }
             }
-            self.publish();
         }
         if self.last_commit.elapsed() >= self.settings.kafka.commit_interval {
             self.commit(consumer);
         }
+        self.report(consumer, &brokers, connected);
+    }
+
+    /// Mirrors the run's figures into the metrics and the readiness report.
+    fn report(
+        &self,
+        consumer: &BaseConsumer<ServiceContext>,
+        brokers: &BrokerView,
+        connected: bool,
+    ) {
+        let t = &self.live.telemetry;
+        let mut totals = self.retired.clone();
+        for task in &self.tasks {
+            totals += task.engine.stats();
+        }
+        t.record_engine(&totals);
+        t.tracked_stages.set(
+            self.tasks
+                .iter()
+                .map(|t| t.engine.tracked_stages())
+                .sum::<usize>() as i64,
+        );
+        t.assigned_partitions.set(self.tasks.len() as i64);
+        t.kafka_up.set(i64::from(connected));
+        mirror(
+            &t.kafka_errors,
+            consumer.context().errors.load(Ordering::Relaxed),
+        );
+        mirror(&t.warmup_events, self.counters.warmup);
+        mirror(&t.commits.with_label_values(&["ok"]), self.counters.commits);
+        mirror(
+            &t.commits.with_label_values(&["failed"]),
+            self.counters.commits_failed,
+        );
+        let sink = self.sink.counters();
+        mirror(
+            &t.kafka_alerts_sent,
+            sink.alerts_sent.load(Ordering::Relaxed),
+        );
+        mirror(
+            &t.dead_letters_sent,
+            sink.dead_letters_sent.load(Ordering::Relaxed),
+        );
+        mirror(
+            &t.kafka_delivery_failures,
+            sink.failed.load(Ordering::Relaxed),
+        );
+        mirror(
+            &t.dead_letter_payloads_omitted,
+            sink.payloads_omitted.load(Ordering::Relaxed),
+        );
+        for task in &self.tasks {
+            let (topic, partition) = (&*task.owner.topic, task.owner.partition);
+            if let (Some(next), Some(high)) =
+                (task.next_offset, brokers.high_watermark(topic, partition))
+            {
+                t.consumer_lag
+                    .with_label_values(&[topic, &partition.to_string()])
+                    .set(lag(high, next));
+            }
+        }
+        let warming = self.tasks.iter().filter(|t| t.warm_until.is_some()).count();
+        self.live
+            .set_service_state(connected, self.tasks.len(), warming);
     }
 
     /// Commits what was processed, once everything it caused is delivered.
@@ -412,8 +505,8 @@ impl Worker {
             if let Some(next) = task.next_offset {
                 if task.warm_until.is_none() && task.committed.is_none_or(|c| next > c) {
                     let added = offsets.add_partition_offset(
-                        &task.topic,
-                        task.partition,
+                        &task.owner.topic,
+                        task.owner.partition,
                         Offset::Offset(next),
                     );
                     if let Err(err) = added {
@@ -554,8 +647,23 @@ impl Worker {
             self.commit(consumer);
         }
         let before = self.tasks.len();
-        self.tasks
-            .retain(|t| partitions.find_partition(&t.topic, t.partition).is_none());
+        let (live, retired) = (&self.live, &mut self.retired);
+        self.tasks.retain(|t| {
+            let keep = partitions
+                .find_partition(&t.owner.topic, t.owner.partition)
+                .is_none();
+            if !keep {
+                *retired += t.engine.stats();
+                live.revoke(&t.owner);
+                let partition = t.owner.partition.to_string();
+                // Absent when no lag was ever reported for it.
+                let _ = live
+                    .telemetry
+                    .consumer_lag
+                    .remove_label_values(&[&*t.owner.topic, partition.as_str()]);
+            }
+            keep
+        });
         self.last_task = 0;
         self.counters.revoked += (before - self.tasks.len()) as u64;
         tracing::info!(
@@ -593,9 +701,10 @@ pub fn consume(
     args: &RunArgs,
     stop: &AtomicBool,
     progress: Arc<Progress>,
+    live: Arc<Live>,
 ) -> anyhow::Result<RunCounters> {
-    let worker = Worker::new(settings, args, progress)?;
-    let sink_counters: Arc<SinkCounters> = Arc::clone(worker.sink.counters());
+    let worker = Worker::new(settings, args, progress, live)?;
+    let sink_counters = Arc::clone(worker.sink.counters());
     let consumer: BaseConsumer<ServiceContext> = consumer_config(&settings.kafka)
         .create_with_context(ServiceContext {
             worker: Mutex::new(worker),
@@ -622,10 +731,11 @@ pub fn consume(
         match consumer.poll(POLL_TIMEOUT) {
             Some(Ok(message)) => {
                 let mut worker = context.worker();
-                if until_clock == 0 {
+                let sample = until_clock == 0;
+                if sample {
                     worker.now_ms = worker.clock.now_ms();
                 }
-                worker.process(&message);
+                worker.process(&message, sample);
             }
             Some(Err(err)) => {
                 context.worker().counters.consumer_errors += 1;
@@ -644,7 +754,13 @@ pub fn consume(
         until_clock -= 1;
     }
     tracing::info!("stopping: committing processed offsets and leaving the group");
-    let committed = context.worker().commit(&consumer);
+    let committed = {
+        let mut worker = context.worker();
+        let committed = worker.commit(&consumer);
+        let brokers = context.brokers().clone();
+        worker.report(&consumer, &brokers, false);
+        committed
+    };
     if !committed {
         tracing::warn!("the last commit failed; events since the previous one will be read again");
     }
@@ -665,25 +781,45 @@ pub fn consume(
 pub async fn serve(settings: Settings, args: RunArgs) -> anyhow::Result<RunCounters> {
     let stop = Arc::new(AtomicBool::new(false));
     let timeout = settings.kafka.shutdown_timeout;
+    let live = Arc::new(Live::new(&settings, Driver::Service));
+    // The HTTP server outlives the consumer, so that metrics and readiness stay
+    // readable while it stops.
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (_, http) = crate::api::serve(&settings.http.listen, Arc::clone(&live), async {
+        let _ = http_stopped.await;
+    })
+    .await?;
     let mut consumer = tokio::task::spawn_blocking({
         let stop = Arc::clone(&stop);
-        move || consume(&settings, &args, &stop, Arc::default())
+        move || consume(&settings, &args, &stop, Arc::default(), live)
     });
-    tokio::select! {
-        result = &mut consumer => return result.context("the consumer thread panicked")?,
-        signal = stop_requested() => tracing::info!("{signal}: stopping"),
-    }
-    stop.store(true, Ordering::Relaxed);
-    match tokio::time::timeout(timeout, consumer).await {
-        Ok(result) => result.context("the consumer thread panicked")?,
-        Err(_) => anyhow::bail!(
-            "did not stop within kafka.shutdown_timeout ({}); events since the last commit will be read again",
-            humantime::format_duration(timeout)
-        ),
-    }
+    let result = tokio::select! {
+        result = &mut consumer => Some(result),
+        signal = stop_requested() => {
+            tracing::info!("{signal}: stopping");
+            None
+        }
+    };
+    let result = match result {
+        Some(result) => result.context("the consumer thread panicked")?,
+        None => {
+            stop.store(true, Ordering::Relaxed);
+            match tokio::time::timeout(timeout, consumer).await {
+                Ok(result) => result.context("the consumer thread panicked")?,
+                Err(_) => Err(anyhow::anyhow!(
+                    "did not stop within kafka.shutdown_timeout ({}); events since the last commit will be read again",
+                    humantime::format_duration(timeout)
+                )),
+            }
+        }
+    };
+    let _ = http_stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    result
 }
 
-async fn stop_requested() -> &'static str {
+/// Resolves on SIGINT or SIGTERM, naming it.
+pub async fn stop_requested() -> &'static str {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing a SIGTERM handler cannot fail on Unix");
     tokio::select! {

@@ -180,6 +180,35 @@ fn percent_encode(segment: &str) -> String {
     out
 }
 
+/// A firing alert for unit tests of what consumes alerts.
+#[cfg(test)]
+pub(crate) fn test_alert(pipeline: &str, stage: &str, metric: &str, kind: AlertKind) -> Alert {
+    let factory = AlertFactory {
+        bucket_ms: 60_000,
+        dashboard_url: "http://127.0.0.1:9898".into(),
+    };
+    factory.build(&AlertFacts {
+        notice: Notice::Firing {
+            started_ms: 60_000,
+            severity: Severity::Critical,
+        },
+        kind,
+        pipeline,
+        stage,
+        metric,
+        detector: "ewma",
+        value: 1.0,
+        expected: 10.0,
+        lower: 8.0,
+        upper: 12.0,
+        score: -9.0,
+        bucket_start: 0,
+        bucket_end: 60_000,
+        correlation_ids: &[],
+        upward_only: false,
+    })
+}
+
 /// A number as people read it: thousands separators, few decimals.
 pub fn human_number(x: f64) -> String {
     if !x.is_finite() {

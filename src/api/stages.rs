@@ -1,0 +1,174 @@
+//! Stages and alerts, read-only: `/api/v1/stages`, `/api/v1/stages/{pipeline}/{stage}`,
+//! `/api/v1/alerts`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use crate::alert::Alert;
+use crate::live::stages::{Health, Point, StageView};
+use crate::live::Live;
+use crate::time::serialize_ms;
+
+use super::error;
+
+/// Most stages one list response carries.
+const MAX_LIMIT: usize = 10_000;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Only stages in this health.
+    health: Option<String>,
+    /// Only stages whose "pipeline/stage" contains this text (case-insensitive).
+    q: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    1_000
+}
+
+#[derive(Serialize)]
+struct StageSummary<'a> {
+    pipeline: &'a str,
+    stage: &'a str,
+    health: Health,
+    /// Alerts of the stage firing now (silence excepted).
+    firing: u32,
+    #[serde(serialize_with = "serialize_ms")]
+    last_bucket_end: i64,
+    /// Each metric's latest scored bucket.
+    metrics: BTreeMap<&'a str, Point>,
+}
+
+impl<'a> StageSummary<'a> {
+    fn of(pipeline: &'a str, stage: &'a str, view: &'a StageView) -> StageSummary<'a> {
+        StageSummary {
+            pipeline,
+            stage,
+            health: view.health(),
+            firing: view.firing,
+            last_bucket_end: view.last_bucket_end,
+            metrics: view
+                .metrics
+                .iter()
+                .filter_map(|(name, points)| Some((name.as_str(), *points.back()?)))
+                .collect(),
+        }
+    }
+}
+
+/// `GET /api/v1/stages[?health=anomalous][&q=orders][&limit=100]`: every stage this
+/// instance judges, worst health first, then by name.
+pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>) -> Response {
+    let health = match query.health.as_deref().map(|h| (h, Health::parse(h))) {
+        Some((h, None)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("health {h:?} is not one of ok, anomalous, silent, warming_up"),
+            )
+        }
+        Some((_, wanted)) => wanted,
+        None => None,
+    };
+    let needle = query.q.as_deref().map(str::to_lowercase);
+    let limit = query.limit.min(MAX_LIMIT);
+    let mut rows: Vec<(Health, String, String, serde_json::Value)> = Vec::new();
+    let mut total = 0usize;
+    live.stages.for_each(|(pipeline, stage), view| {
+        total += 1;
+        let h = view.health();
+        if health.is_some_and(|wanted| wanted != h) {
+            return;
+        }
+        if let Some(needle) = &needle {
+            if !format!("{pipeline}/{stage}")
+                .to_lowercase()
+                .contains(needle)
+            {
+                return;
+            }
+        }
+        let summary = serde_json::to_value(StageSummary::of(pipeline, stage, view))
+            .expect("a stage summary serializes");
+        rows.push((h, pipeline.clone(), stage.clone(), summary));
+    });
+    rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    let matched = rows.len();
+    let stages: Vec<serde_json::Value> = rows.into_iter().take(limit).map(|r| r.3).collect();
+    super::ok(&serde_json::json!({
+        "total": total,
+        "matched": matched,
+        "stages": stages,
+    }))
+}
+
+#[derive(Serialize)]
+struct StageDetail<'a> {
+    pipeline: &'a str,
+    stage: &'a str,
+    health: Health,
+    firing: u32,
+    #[serde(serialize_with = "serialize_ms")]
+    last_bucket_end: i64,
+    /// Each metric's recent scored buckets, oldest first, with the lead detector's band.
+    metrics: &'a BTreeMap<String, VecDeque<Point>>,
+    /// The stage's alerts firing now.
+    alerts: Vec<Arc<Alert>>,
+}
+
+/// `GET /api/v1/stages/{pipeline}/{stage}`: one stage's recent buckets and alerts.
+pub async fn one(
+    State(live): State<Arc<Live>>,
+    Path((pipeline, stage)): Path<(String, String)>,
+) -> Response {
+    let Some(view) = live.stages.get(&pipeline, &stage) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such stage on this instance (unknown, forgotten, or judged by another \
+             instance of the consumer group)",
+        );
+    };
+    let alerts = live
+        .alerts
+        .active()
+        .into_iter()
+        .filter(|a| a.alert.pipeline == pipeline && a.alert.stage == stage)
+        .map(|a| a.alert)
+        .collect();
+    super::ok(&StageDetail {
+        pipeline: &pipeline,
+        stage: &stage,
+        health: view.health(),
+        firing: view.firing,
+        last_bucket_end: view.last_bucket_end,
+        metrics: &view.metrics,
+        alerts,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AlertQuery {
+    /// `active` (default): firing now; `recent`: the latest notifications.
+    state: Option<String>,
+}
+
+/// `GET /api/v1/alerts[?state=active|recent]`.
+pub async fn alerts(State(live): State<Arc<Live>>, Query(query): Query<AlertQuery>) -> Response {
+    let alerts: Vec<Arc<Alert>> = match query.state.as_deref().unwrap_or("active") {
+        "active" => live.alerts.active().into_iter().map(|a| a.alert).collect(),
+        "recent" => live.alerts.recent(),
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("state {other:?} is not one of active, recent"),
+            )
+        }
+    };
+    super::ok(&serde_json::json!({ "alerts": alerts }))
+}

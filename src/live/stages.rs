@@ -1,0 +1,315 @@
+//! The stage board: the recent scored buckets of every stage this instance judges, kept
+//! for the API, the dashboard and the per-stage gauges of `/metrics`.
+//!
+//! The engines are single-threaded and live on the consumer thread; the board is their
+//! published face. It is fed only when buckets close (once per bucket width per stage,
+//! not per event), and sharded (dashmap) so an HTTP reader locks one shard for a moment
+//! while the consumer thread writes to others.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::engine::ScoredBucket;
+use crate::time::serialize_ms;
+
+/// The Kafka partition whose engine judges a stage: when the partition is revoked, its
+/// stages leave this instance's board (their new owner shows them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+/// A stage's state at a glance, as the API and the dashboard show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    // Ordered worst first: lists sort the stages that need a look to the top.
+    Silent,
+    Anomalous,
+    WarmingUp,
+    Ok,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Silent => "silent",
+            Health::Anomalous => "anomalous",
+            Health::WarmingUp => "warming_up",
+            Health::Ok => "ok",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Health> {
+        [
+            Health::Silent,
+            Health::Anomalous,
+            Health::WarmingUp,
+            Health::Ok,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == s)
+    }
+}
+
+/// One closed bucket of one metric, as its lead detector judged it. Band and score are
+/// stored as `f32`: they are for display, and a stage's history is a few hundred of
+/// these, so the width matters more than the seventh digit.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    #[serde(serialize_with = "serialize_ms")]
+    pub bucket_start: i64,
+    pub value: f64,
+    #[serde(serialize_with = "serialize_narrow")]
+    pub expected: Option<f32>,
+    #[serde(serialize_with = "serialize_narrow")]
+    pub lower: Option<f32>,
+    #[serde(serialize_with = "serialize_narrow")]
+    pub upper: Option<f32>,
+    #[serde(serialize_with = "serialize_narrow")]
+    pub score: Option<f32>,
+    pub anomalous: bool,
+    pub warming_up: bool,
+}
+
+/// An `f32` as the decimal it was rounded to: widening it to `f64` as it is would show
+/// binary noise in JSON (0.05 as 0.05000000074505806).
+fn serialize_narrow<S: serde::Serializer>(x: &Option<f32>, s: S) -> Result<S::Ok, S::Error> {
+    match x {
+        Some(x) => s.serialize_some(&x.to_string().parse::<f64>().unwrap_or(f64::NAN)),
+        None => s.serialize_none(),
+    }
+}
+
+impl Point {
+    fn of(row: &ScoredBucket) -> Point {
+        let narrow = |x: Option<f64>| x.filter(|x| x.is_finite()).map(|x| x as f32);
+        Point {
+            bucket_start: row.bucket_start,
+            value: row.value.unwrap_or(f64::NAN),
+            expected: narrow(row.expected),
+            lower: narrow(row.lower),
+            upper: narrow(row.upper),
+            score: narrow(row.score),
+            anomalous: row.anomalous,
+            warming_up: row.warming_up,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StageView {
+    pub owner: Option<Owner>,
+    /// Metric name → its recent points, oldest first.
+    pub metrics: BTreeMap<String, VecDeque<Point>>,
+    /// Firing alerts of this stage, silence excepted.
+    pub firing: u32,
+    /// A silence alert of this stage is firing.
+    pub silent: bool,
+    pub last_bucket_end: i64,
+}
+
+impl StageView {
+    pub fn health(&self) -> Health {
+        if self.silent {
+            Health::Silent
+        } else if self.firing > 0 {
+            Health::Anomalous
+        } else if self
+            .metrics
+            .values()
+            .all(|points| points.back().is_none_or(|p| p.warming_up))
+        {
+            Health::WarmingUp
+        } else {
+            Health::Ok
+        }
+    }
+}
+
+/// (pipeline, stage)
+pub type StageKey = (String, String);
+
+pub struct StageBoard {
+    stages: DashMap<StageKey, StageView>,
+    /// Points kept per stage and metric.
+    history: usize,
+}
+
+impl StageBoard {
+    pub fn new(history: usize) -> StageBoard {
+        StageBoard {
+            stages: DashMap::new(),
+            history: history.max(1),
+        }
+    }
+
+    /// Adds closed buckets. Only the lead detector's row of each bucket is kept: it is
+    /// the judgement the verdict and any alert report.
+    pub fn add_scores(&self, rows: &[ScoredBucket], owner: Option<&Owner>) {
+        let mut rows = rows.iter().filter(|r| r.lead).peekable();
+        while let Some(first) = rows.next() {
+            // Rows come grouped by stage: one lookup serves the group.
+            let mut view = self
+                .stages
+                .entry((first.pipeline.clone(), first.stage.clone()))
+                .or_default();
+            view.owner = owner.cloned();
+            let mut row = Some(first);
+            while let Some(r) = row {
+                self.push(&mut view, r);
+                row = rows.next_if(|n| n.pipeline == r.pipeline && n.stage == r.stage);
+            }
+        }
+    }
+
+    fn push(&self, view: &mut StageView, row: &ScoredBucket) {
+        view.last_bucket_end = view.last_bucket_end.max(row.bucket_end);
+        let points = match view.metrics.get_mut(&row.metric) {
+            Some(points) => points,
+            None => view.metrics.entry(row.metric.clone()).or_default(),
+        };
+        if points.len() == self.history {
+            points.pop_front();
+        }
+        points.push_back(Point::of(row));
+    }
+
+    /// Notes that an alert of this stage started (`firing`) or stopped firing. A stage
+    /// alerts only after buckets of it were scored, so it is on the board already.
+    pub fn note_alert(&self, pipeline: &str, stage: &str, silence: bool, firing: bool) {
+        let key = (pipeline.to_string(), stage.to_string());
+        let Some(mut view) = self.stages.get_mut(&key) else {
+            return;
+        };
+        if silence {
+            view.silent = firing;
+        } else if firing {
+            view.firing += 1;
+        } else {
+            view.firing = view.firing.saturating_sub(1);
+        }
+    }
+
+    pub fn forget(&self, pipeline: &str, stage: &str) {
+        self.stages
+            .remove(&(pipeline.to_string(), stage.to_string()));
+    }
+
+    /// Forgets the stages of a revoked partition; returns their keys.
+    pub fn forget_owner(&self, owner: &Owner) -> Vec<StageKey> {
+        let mut gone = Vec::new();
+        self.stages.retain(|key, view| {
+            let keep = view.owner.as_ref() != Some(owner);
+            if !keep {
+                gone.push(key.clone());
+            }
+            keep
+        });
+        gone
+    }
+
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// A copy of one stage's view.
+    pub fn get(&self, pipeline: &str, stage: &str) -> Option<StageView> {
+        self.stages
+            .get(&(pipeline.to_string(), stage.to_string()))
+            .map(|v| v.clone())
+    }
+
+    /// Calls `f` with every stage in turn (each shard locked for reading meanwhile).
+    pub fn for_each(&self, mut f: impl FnMut(&StageKey, &StageView)) {
+        for entry in self.stages.iter() {
+            f(entry.key(), entry.value());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(stage: &str, metric: &str, start: i64, lead: bool, warming: bool) -> ScoredBucket {
+        ScoredBucket {
+            pipeline: "p".into(),
+            stage: stage.into(),
+            metric: metric.into(),
+            detector: "ewma",
+            bucket_start: start,
+            bucket_end: start + 60_000,
+            value: Some(10.0),
+            expected: (!warming).then_some(10.0),
+            lower: (!warming).then_some(8.0),
+            upper: (!warming).then_some(12.0),
+            score: (!warming).then_some(0.0),
+            anomalous: false,
+            warming_up: warming,
+            flagged: false,
+            lead,
+        }
+    }
+
+    #[test]
+    fn keeps_lead_rows_up_to_the_history_length() {
+        let board = StageBoard::new(3);
+        let rows: Vec<_> = (0..5)
+            .flat_map(|i| {
+                [
+                    row("a", "records", i * 60_000, true, false),
+                    row("a", "records", i * 60_000, false, false),
+                    row("b", "records", i * 60_000, true, true),
+                ]
+            })
+            .collect();
+        board.add_scores(&rows, None);
+        let a = board.get("p", "a").unwrap();
+        let points = &a.metrics["records"];
+        assert_eq!(points.len(), 3);
+        assert_eq!(points[0].bucket_start, 2 * 60_000);
+        assert_eq!(a.health(), Health::Ok);
+        assert_eq!(board.get("p", "b").unwrap().health(), Health::WarmingUp);
+    }
+
+    #[test]
+    fn health_follows_alerts_silence_first() {
+        let board = StageBoard::new(3);
+        board.add_scores(&[row("a", "records", 0, true, false)], None);
+        board.note_alert("p", "a", false, true);
+        assert_eq!(board.get("p", "a").unwrap().health(), Health::Anomalous);
+        board.note_alert("p", "a", true, true);
+        assert_eq!(board.get("p", "a").unwrap().health(), Health::Silent);
+        board.note_alert("p", "a", true, false);
+        board.note_alert("p", "a", false, false);
+        assert_eq!(board.get("p", "a").unwrap().health(), Health::Ok);
+    }
+
+    #[test]
+    fn a_revoked_partition_takes_its_stages_away() {
+        let board = StageBoard::new(3);
+        let mine = Owner {
+            topic: Arc::from("t"),
+            partition: 0,
+        };
+        let other = Owner {
+            topic: Arc::from("t"),
+            partition: 1,
+        };
+        board.add_scores(&[row("a", "records", 0, true, false)], Some(&mine));
+        board.add_scores(&[row("b", "records", 0, true, false)], Some(&other));
+        let gone = board.forget_owner(&mine);
+        assert_eq!(gone, vec![("p".to_string(), "a".to_string())]);
+        assert!(board.get("p", "a").is_none());
+        assert!(board.get("p", "b").is_some());
+    }
+}
