@@ -28,7 +28,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Json<SilenceRequest>, JsonRejection>,
 ) -> Response {
-    if let Err(refusal) = authorize(&live, &headers) {
+    if let Some(refusal) = refusal(&live, &headers) {
         return refusal;
     }
     let Json(request) = match body {
@@ -57,7 +57,7 @@ pub async fn remove(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refusal) = authorize(&live, &headers) {
+    if let Some(refusal) = refusal(&live, &headers) {
         return refusal;
     }
     if live.silences.delete(&id) {
@@ -68,10 +68,11 @@ pub async fn remove(
     }
 }
 
-/// Checks `Authorization: Bearer <token>` against `http.api_token`.
-fn authorize(live: &Live, headers: &HeaderMap) -> Result<(), Response> {
+/// Checks `Authorization: Bearer <token>` against `http.api_token`; the response to
+/// send instead when it does not pass.
+fn refusal(live: &Live, headers: &HeaderMap) -> Option<Response> {
     if live.api_token.is_empty() {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "write endpoints are off: set http.api_token to enable them",
         ));
@@ -82,14 +83,14 @@ fn authorize(live: &Live, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if constant_time_eq(offered.as_bytes(), live.api_token.as_bytes()) {
-        Ok(())
+        None
     } else {
         let mut refusal = error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
         refusal.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        Err(refusal)
+        Some(refusal)
     }
 }
 
