@@ -6,17 +6,19 @@
 //! (silent), one that only just started (warming up), and one whose name carries quotes,
 //! a slash and a CR/LF.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+
+use common::{series, Reply};
 
 use pipewatch::config::Settings;
 use pipewatch::live::{Driver, Live};
 use pipewatch::replay::{self, ReplayArgs};
-use serde_json::Value;
 
 const HOSTILE_STAGE: &str = "<img src=x onerror=alert(1)>";
 const CRLF_PIPELINE: &str = "quo\"te\r\nX-Injected: 1";
@@ -150,51 +152,12 @@ impl Served {
     }
 
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-        let mut stream = TcpStream::connect(self.address).expect("the server accepts");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("a timeout");
-        let mut request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-        for (name, value) in headers {
-            request.push_str(&format!("{name}: {value}\r\n"));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).expect("request sent");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("response read");
-        let text = String::from_utf8(raw).expect("a UTF-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        Reply {
-            status,
-            head: head.to_ascii_lowercase(),
-            body: body.to_string(),
-        }
+        common::request(self.address, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     fn get(&self, path: &str) -> Reply {
         self.request("GET", path, &[], "")
-    }
-}
-
-struct Reply {
-    status: u16,
-    /// Status line and headers, lowercased.
-    head: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 }
 
@@ -508,13 +471,6 @@ fn promtool_check(exposition: &str) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-}
-
-fn series<'a>(exposition: &'a str, name: &str) -> Vec<&'a str> {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .collect()
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! `pipewatch run` against a real Kafka-compatible broker (Tansu, in memory), started on a
 //! free loopback port by `scripts/broker.sh` for each test and stopped after it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -151,6 +153,8 @@ impl Proxy {
 struct Pipewatch {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Its /metrics, health checks and API.
+    http: std::net::SocketAddr,
 }
 
 impl Pipewatch {
@@ -161,10 +165,11 @@ impl Pipewatch {
             .iter()
             .map(|(k, v)| format!("\"{k}\" = \"{v}\"\n"))
             .collect();
+        let http = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}",
+                "[http]\nlisten = \"{http}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}",
                 kafka.brokers, kafka.group_id, kafka.topics
             ),
         )
@@ -187,7 +192,15 @@ impl Pipewatch {
                 lines.lock().unwrap().push(line);
             }
         });
-        Pipewatch { child, log }
+        Pipewatch { child, log, http }
+    }
+
+    fn get(&self, path: &str) -> common::Reply {
+        common::get(self.http, path)
+    }
+
+    fn metrics(&self) -> String {
+        self.get("/metrics").body
     }
 
     fn logged(&self, needle: &str) -> usize {
@@ -380,6 +393,33 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
         "each invalid message dead-lettered once, never re-read"
     );
     assert!(pw.logged("own alert or dead-letter topic") > 0);
+
+    // What the HTTP surface says of the same run.
+    let ready = pw.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let metrics = pw.metrics();
+    let value = |name: &str| common::value(&metrics, name);
+    assert_eq!(value("pipewatch_dead_letters_total"), Some(3.0));
+    assert!(metrics.contains("pipewatch_events_total{outcome=\"invalid\"} 3"));
+    assert!(metrics.contains("pipewatch_invalid_events_total{reason=\"negative_count\"} 1"));
+    assert_eq!(
+        value("pipewatch_assigned_partitions"),
+        Some(PARTITIONS as f64)
+    );
+    assert_eq!(value("pipewatch_kafka_up"), Some(1.0));
+    assert!(value("pipewatch_kafka_alerts_sent_total").unwrap() >= labels.len() as f64);
+    assert!(value("pipewatch_processing_latency_seconds_count").unwrap() > 0.0);
+    let lag = common::series(&metrics, "pipewatch_consumer_lag_messages");
+    assert_eq!(lag.len(), PARTITIONS as usize, "{lag:?}");
+    assert!(!common::series(&metrics, "pipewatch_stage_value").is_empty());
+    let stages = pw.get("/api/v1/stages").json();
+    assert_eq!(
+        stages["total"], 16,
+        "the simulation's stages, all on this instance"
+    );
+    let active = pw.get("/api/v1/alerts?state=recent").json();
+    assert!(!active["alerts"].as_array().unwrap().is_empty());
+
     let status = pw.terminate(Duration::from_secs(15));
     assert!(status.success(), "graceful stop exits 0: {status}");
     assert_eq!(pw.logged("stopped"), 1);
@@ -606,9 +646,21 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
         pw.last_assignment().is_none(),
         "no assignment without a broker"
     );
+    assert_eq!(pw.get("/healthz").status, 200, "alive without a broker");
+    let unready = pw.get("/readyz");
+    assert_eq!(unready.status, 503);
+    assert!(
+        unready.body.contains("not connected to Kafka"),
+        "{}",
+        unready.body
+    );
+    assert!(common::value(&pw.metrics(), "pipewatch_kafka_errors_total").unwrap() > 0.0);
     proxy.restore();
     wait_until("the assignment", Duration::from_secs(60), || {
         pw.last_assignment().is_some()
+    });
+    wait_until("readiness", Duration::from_secs(30), || {
+        pw.get("/readyz").status == 200
     });
 
     // Events keep coming before, during and after the outage; the producer buffers them.
@@ -633,8 +685,17 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
         !processed_offsets(&log).is_empty()
     });
     let errors_before = pw.logged("kafka:");
+    let cut_at = Instant::now();
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(5));
+    wait_until("the outage in the metrics", Duration::from_secs(15), || {
+        common::value(&pw.metrics(), "pipewatch_kafka_up") == Some(0.0)
+    });
+    assert_eq!(
+        pw.get("/readyz").status,
+        503,
+        "not ready while the broker is away"
+    );
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(cut_at.elapsed()));
     let during = processed_offsets(&log).len();
     proxy.restore();
     let sent = producing.join().expect("producer thread");
