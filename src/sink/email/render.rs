@@ -18,6 +18,11 @@ use crate::time::{format_ms, human_ms};
 /// names from building a header that servers refuse.
 const SUBJECT_MAX_CHARS: usize = 200;
 
+/// Alerts shown in full in one message. A larger digest (a storm held back by the hourly
+/// cap) lists the rest one line each: still every alert, in a message that stays readable
+/// and well under servers' size limits.
+const DETAILED_MAX: usize = 50;
+
 /// What the mailer puts in the message.
 #[derive(Debug, Clone)]
 pub struct Rendered {
@@ -202,7 +207,8 @@ const FOOTER: &str = "Times are event time: when the pipeline's events say thing
 fn text(alerts: &[&Alert], overview: Option<&str>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}\n", intro(alerts));
-    for a in alerts {
+    let (detailed, listed) = alerts.split_at(alerts.len().min(DETAILED_MAX));
+    for a in detailed {
         let _ = writeln!(out, "[{}] {}", badge(a), visible(&a.summary));
         for f in facts(a) {
             let _ = writeln!(
@@ -217,6 +223,17 @@ fn text(alerts: &[&Alert], overview: Option<&str>) -> String {
         }
         out.push('\n');
     }
+    if !listed.is_empty() {
+        let _ = writeln!(out, "And {} more:", listed.len());
+        for a in listed {
+            let _ = write!(out, "- [{}] {}", badge(a), visible(&a.summary));
+            if let Some(url) = dashboard(a) {
+                let _ = write!(out, " <{}>", visible(url));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
     let _ = writeln!(out, "-- \n{FOOTER}");
     if let Some(url) = overview {
         let _ = writeln!(out, "All alerts: {}", visible(url));
@@ -228,7 +245,7 @@ fn html(subject: &str, alerts: &[&Alert], overview: Option<&str>) -> String {
     // Inline styles only: mail clients drop <style> blocks and external sheets.
     const TH: &str = "text-align:left;vertical-align:top;padding:2px 12px 2px 8px;\
                       font-weight:normal;color:#555;white-space:nowrap";
-    const TD: &str = "padding:2px 8px;word-break:break-all";
+    const TD: &str = "padding:2px 8px;overflow-wrap:anywhere";
     let mut out = String::new();
     let _ = write!(
         out,
@@ -237,7 +254,8 @@ fn html(subject: &str, alerts: &[&Alert], overview: Option<&str>) -> String {
         escape_html(subject),
         escape_html(&intro(alerts))
     );
-    for a in alerts {
+    let (detailed, listed) = alerts.split_at(alerts.len().min(DETAILED_MAX));
+    for a in detailed {
         let colour = match (a.status, a.severity) {
             (AlertStatus::Resolved, _) => "#2e7d32",
             (_, "critical") => "#c62828",
@@ -268,6 +286,22 @@ fn html(subject: &str, alerts: &[&Alert], overview: Option<&str>) -> String {
             );
         }
         out.push_str("</table>\n");
+    }
+    if !listed.is_empty() {
+        let _ = writeln!(out, "<p>And {} more:</p>\n<ul>", listed.len());
+        for a in listed {
+            let _ = write!(
+                out,
+                "<li><b>{}</b> {}",
+                escape_html(&badge(a)),
+                escape_html(&a.summary)
+            );
+            if let Some(url) = dashboard(a) {
+                let _ = write!(out, " ({})", link(url, "dashboard"));
+            }
+            out.push_str("</li>\n");
+        }
+        out.push_str("</ul>\n");
     }
     let _ = write!(
         out,
@@ -494,6 +528,27 @@ pub(crate) mod tests {
         assert_eq!(one_line("short", 10), "short");
         assert_eq!(one_line("exactly10!", 10), "exactly10!");
         assert_eq!(one_line("exactly11!!", 10), "exactly11…");
+    }
+
+    #[test]
+    fn a_large_digest_lists_the_rest_one_line_each() {
+        let alerts: Vec<Alert> = (0..DETAILED_MAX + 10)
+            .map(|i| {
+                let mut a = alert();
+                a.stage = format!("stage-{i}");
+                a.summary = format!("orders_etl/stage-{i} records fell");
+                a
+            })
+            .collect();
+        let r = render(&alerts, None);
+        assert_eq!(r.text.matches("  Pipeline:").count(), DETAILED_MAX);
+        assert!(r
+            .text
+            .contains("And 10 more:\n- [FIRING critical] orders_etl/stage-50 records fell <http"));
+        assert!(r.text.contains("orders_etl/stage-59 records fell"));
+        assert_eq!(r.html.matches("<table").count(), DETAILED_MAX);
+        assert_eq!(r.html.matches("<li>").count(), 10);
+        assert!(r.html.contains("orders_etl/stage-59 records fell"));
     }
 
     #[test]
