@@ -464,7 +464,7 @@ fn a_server_down_at_first_gets_the_mail_once_it_is_up() {
     let called = Instant::now();
     notifier.notify(&firing("orders_etl", "transform"));
     assert!(
-        called.elapsed() < Duration::from_millis(50),
+        called.elapsed() < Duration::from_millis(200),
         "notify returns at once"
     );
     wait_counts(&notifier, "failed attempts", |c| c.failures >= 3);
@@ -545,7 +545,7 @@ fn a_full_queue_drops_and_counts_without_blocking() {
         notifier.notify(&firing("orders_etl", &format!("stage-{i}")));
     }
     assert!(
-        called.elapsed() < Duration::from_millis(50),
+        called.elapsed() < Duration::from_millis(200),
         "notify never waits"
     );
     let c = counts(&notifier);
@@ -696,4 +696,45 @@ fn a_server_that_never_answers_times_out() {
     let c = stop(notifier, &rt, Duration::from_millis(300));
     assert_eq!((c.alerts_dropped, c.queued), (1, 0), "{c:?}");
     drop(silent);
+}
+
+#[test]
+fn a_stop_tries_at_once_however_long_the_backoff_has_grown() {
+    let port = free_port();
+    let rt = runtime();
+    let notifier = start(
+        &settings(port, |e| {
+            e.retry_backoff = Duration::from_secs(60);
+            e.retry_max_backoff = Duration::from_secs(60);
+        }),
+        &rt,
+    );
+    notifier.notify(&firing("orders_etl", "transform"));
+    wait_counts(&notifier, "a failed attempt", |c| c.failures == 1);
+    // The next try would be a minute away; the server comes back, and pipewatch stops.
+    let server = SmtpServer::start(port, &[]);
+    let stopping = Instant::now();
+    let c = stop(notifier, &rt, Duration::from_secs(5));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopping.elapsed()
+    );
+    assert_eq!(
+        (c.messages_sent, c.alerts_dropped, c.queued),
+        (1, 0, 0),
+        "{c:?}"
+    );
+    assert_eq!(server.messages().len(), 1);
+}
+
+#[test]
+fn start_refuses_settings_without_recipients() {
+    let rt = runtime();
+    let mut e = settings(free_port(), |_| {});
+    e.to.clear();
+    let err = EmailNotifier::start(&e, None, rt.handle())
+        .err()
+        .expect("no recipients, no notifier");
+    assert!(err.to_string().contains("email.to"), "{err}");
 }

@@ -91,20 +91,33 @@ impl Courier {
         }
         let free = self.cap.next_free(now);
         if free > now {
-            if !group.capped {
-                group.capped = true;
-                self.counters.rate_limited.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    max_per_hour = self.max_per_hour,
-                    alerts = group.alerts.len(),
-                    next_in = %humantime::format_duration(round_up(free - now)),
-                    "email.max_per_hour reached: these alerts wait, and the next message \
-                     allowed to their recipients carries them with any that follow"
-                );
-            }
+            self.note_capped(now, free);
             return;
         }
         self.deliver_first(None).await;
+    }
+
+    /// Counts (once each) and logs the groups that are due but held by the hourly cap.
+    fn note_capped(&mut self, now: Instant, free: Instant) {
+        let mut groups = 0;
+        let mut alerts = 0;
+        for group in self.outbox.groups_mut() {
+            if !group.capped && group.opened + self.group_wait <= now {
+                group.capped = true;
+                groups += 1;
+                alerts += group.alerts.len();
+            }
+        }
+        if groups > 0 {
+            self.counters.rate_limited.fetch_add(groups, Relaxed);
+            tracing::warn!(
+                max_per_hour = self.max_per_hour,
+                alerts,
+                next_in = %humantime::format_duration(round_up(free - now)),
+                "email.max_per_hour reached: these alerts wait, and the next message \
+                 allowed to their recipients carries them with any that follow"
+            );
+        }
     }
 
     fn received(&mut self, alert: Option<Alert>) {
@@ -226,11 +239,13 @@ impl Courier {
         self.outbox.done(group);
     }
 
-    /// On stop: everything held goes out now, due or not and regardless of the hourly
-    /// cap (one message per set of recipients at most, and otherwise these alerts would
+    /// On stop: everything held goes out now, due or not, regardless of the hourly cap (one message per set of recipients at most, and otherwise these alerts would
     /// be lost with the process), retrying until `deadline`; whatever is left then is
     /// dropped and counted.
     async fn flush(&mut self, deadline: Instant) {
+        // One try at once, however long the backoff has grown (up to retry_max_backoff,
+        // likely longer than the stop may take); backoff again between later tries.
+        self.backoff.succeeded();
         loop {
             let now = Instant::now();
             if self.outbox.first().is_none() || now >= deadline {

@@ -117,6 +117,12 @@ impl EmailNotifier {
         dashboard_url: Option<&str>,
         runtime: &tokio::runtime::Handle,
     ) -> anyhow::Result<EmailNotifier> {
+        // Validation asks for recipients only when email is enabled; without any, every
+        // alert would be accepted here and dropped there.
+        anyhow::ensure!(
+            !settings.to.is_empty(),
+            "email.to is empty: alert email needs at least one default recipient"
+        );
         let counters = Arc::new(EmailCounters::default());
         let (queue, queue_rx) = mpsc::channel(settings.queue_capacity.max(1));
         let (stop, stop_rx) = oneshot::channel();

@@ -93,6 +93,10 @@ impl Outbox {
         self.groups.iter_mut().min_by_key(|g| g.opened)
     }
 
+    pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
+        self.groups.iter_mut()
+    }
+
     /// Takes the first group out to send it. Its alerts stay counted as held until
     /// [`Outbox::done`] or [`Outbox::put_back`].
     pub fn take_first(&mut self) -> Option<Group> {

@@ -78,6 +78,7 @@ impl Backoff {
         wait
     }
 
+    /// Records a success (or forgets the failures): the next attempt may go at once.
     pub fn succeeded(&mut self) {
         self.current = None;
         self.until = None;
