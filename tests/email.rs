@@ -595,6 +595,11 @@ fn the_hourly_cap_holds_alerts_for_the_next_message() {
         &settings(port, |e| {
             e.max_per_hour = 2;
             e.group_wait = Duration::from_millis(100);
+            e.routes = vec![EmailRoute {
+                stages: Some("billing/*".into()),
+                metrics: None,
+                to: vec!["billing-oncall@example.com".into()],
+            }];
         }),
         &rt,
     );
@@ -605,30 +610,37 @@ fn the_hourly_cap_holds_alerts_for_the_next_message() {
     notifier.notify(&firing("p", "three"));
     wait_counts(&notifier, "the cap reached", |c| c.rate_limited == 1);
     notifier.notify(&firing("p", "four"));
+    // another route's group falls due while the cap holds: it waits too, and is counted
+    notifier.notify(&firing("billing", "charge"));
+    wait_counts(&notifier, "both groups held", |c| c.rate_limited == 2);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(server.messages().len(), 2, "capped at 2 an hour");
     let c = counts(&notifier);
     assert_eq!(
         (c.queued, c.alerts_dropped),
-        (2, 0),
+        (3, 0),
         "held, not lost: {c:?}"
     );
 
-    // On stop, what the cap held goes out as one digest.
+    // On stop, what the cap held goes out: one digest per set of recipients.
     let c = stop(notifier, &rt, Duration::from_secs(5));
-    let mails = server.wait_for(3);
-    assert_eq!(mails.len(), 3);
+    let mut held = server.wait_for(4).split_off(2);
+    held.sort_by_key(|m| m.recipients());
+    let (billing, default) = (&held[0], &held[1]);
+    assert_eq!(billing.recipients(), ["billing-oncall@example.com"]);
+    assert!(billing.text().contains("billing/charge"));
     assert!(
-        mails[2].subject().starts_with("[pipewatch] 2 firing"),
+        default.subject().starts_with("[pipewatch] 2 firing"),
         "{}",
-        mails[2].subject()
+        default.subject()
     );
-    assert!(mails[2].text().contains("p/three") && mails[2].text().contains("p/four"));
+    assert!(default.text().contains("p/three") && default.text().contains("p/four"));
     assert_eq!(
         (c.messages_sent, c.alerts_sent, c.alerts_dropped, c.queued),
-        (3, 4, 0, 0),
+        (4, 5, 0, 0),
         "{c:?}"
     );
+    assert_eq!(server.messages().len(), 4);
 }
 
 #[test]

@@ -61,17 +61,20 @@ impl Courier {
         self.flush(deadline).await;
     }
 
-    /// When to look at the outbox next: when its first group is due, or, when the hourly
-    /// cap or the backoff holds it back, when they let it go.
+    /// When to look at the outbox next: when its first group may go (due, and the hourly
+    /// cap allowing), or sooner when another group falls due while the cap holds
+    /// everything back, to note that; never before the backoff ends.
     fn next_wake(&mut self, now: Instant) -> Option<Instant> {
-        let group = self.outbox.first()?;
-        let due = group.opened + self.group_wait;
-        // Even when the cap will hold the group back, wake when it is due, to say so.
-        let mut at = if group.capped {
-            self.cap.next_free(due.max(now))
-        } else {
-            due
-        };
+        let wait = self.group_wait;
+        let first_due = self.outbox.first()?.opened + wait;
+        let send_at = self.cap.next_free(first_due.max(now));
+        let note_at = self
+            .outbox
+            .groups()
+            .filter(|g| !g.capped)
+            .map(|g| g.opened + wait)
+            .min();
+        let mut at = note_at.map_or(send_at, |note_at| note_at.min(send_at));
         if let Some(until) = self.backoff.until() {
             at = at.max(until);
         }

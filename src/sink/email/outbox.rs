@@ -93,6 +93,10 @@ impl Outbox {
         self.groups.iter_mut().min_by_key(|g| g.opened)
     }
 
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.iter()
+    }
+
     pub fn groups_mut(&mut self) -> impl Iterator<Item = &mut Group> {
         self.groups.iter_mut()
     }
