@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use pipewatch::config::{KafkaSettings, Settings};
 use pipewatch::live::{Driver, Live};
-use pipewatch::run::{consume, Progress, RunArgs};
+use pipewatch::run::{consume, Outlets, Progress, RunArgs};
 use pipewatch::simulate::{FaultPlan, SimOptions, Simulation};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -101,7 +101,8 @@ fn pipewatch(settings: &Settings) -> f64 {
             let (settings, progress, stop) = (settings.clone(), progress.clone(), stop.clone());
             move || {
                 let live = Arc::new(Live::new(&settings, Driver::Service));
-                consume(&settings, &RunArgs::default(), &stop, progress, live).expect("consumes")
+                let outlets = Outlets { live, email: None };
+                consume(&settings, &RunArgs::default(), &stop, progress, outlets).expect("consumes")
             }
         })
         .expect("a thread");

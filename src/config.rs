@@ -236,7 +236,9 @@ pub enum EmailTls {
     Tls,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[email]`: alert mail (`src/sink/email/`). The first eight keys are a contract
+/// (`../shared/schema/config.md`); the rest tune grouping, the hourly cap and retries.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailSettings {
     pub enabled: bool,
@@ -247,6 +249,75 @@ pub struct EmailSettings {
     pub password: String,
     pub from: String,
     pub to: Vec<String>,
+    /// Bounds one delivery attempt as a whole, and each network read or write in it.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Alerts for one set of recipients that arrive within this of the first are sent
+    /// together, as one message.
+    #[serde(with = "humantime_serde")]
+    pub group_wait: Duration,
+    /// Messages sent in any rolling hour, at most; further alerts wait for the next
+    /// allowed message (bounded by `max_pending`).
+    pub max_per_hour: u32,
+    /// Alerts handed over but not yet taken in by the sender task; beyond it they are
+    /// dropped and counted, so detection never waits for mail.
+    pub queue_capacity: usize,
+    /// Alerts held by the sender task (grouping, the hourly cap, retries), at most.
+    pub max_pending: usize,
+    /// Wait after the first failed attempt; doubles with each further failure...
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// ...up to this.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
+    /// `[[email.routes]]`: the first route matching an alert chooses its recipients;
+    /// none matching, `to` does.
+    #[serde(default)]
+    pub routes: Vec<EmailRoute>,
+}
+
+/// One `[[email.routes]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailRoute {
+    /// Glob over "pipeline/stage" (default "*"), as in `[[overrides]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stages: Option<String>,
+    /// Glob over metric names (default "*").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
+    /// Replaces `email.to` for the alerts this route takes.
+    pub to: Vec<String>,
+}
+
+// Written out so that the password never reaches a log line through `{:?}` (the derived
+// impl would print it; `Settings` and everything holding it derive `Debug`).
+impl fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let password = if self.password.is_empty() {
+            ""
+        } else {
+            REDACTED
+        };
+        f.debug_struct("EmailSettings")
+            .field("enabled", &self.enabled)
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &password)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("timeout", &self.timeout)
+            .field("group_wait", &self.group_wait)
+            .field("max_per_hour", &self.max_per_hour)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_pending", &self.max_pending)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("retry_max_backoff", &self.retry_max_backoff)
+            .field("routes", &self.routes)
+            .finish()
+    }
 }
 
 /// Why the configuration was refused. Its `Display` is what the operator reads.
@@ -536,14 +607,7 @@ impl Settings {
                 "empty (write endpoints off) or at least 16 characters",
             ));
         }
-        let e = &self.email;
-        if e.enabled && e.to.is_empty() {
-            return Err(invalid(
-                "email.to",
-                "[]",
-                "at least one recipient when email.enabled",
-            ));
-        }
+        self.email.validate()?;
         Ok(())
     }
 
@@ -594,6 +658,139 @@ pub(crate) fn compile_glob(key: &str, pattern: &str) -> Result<globset::GlobMatc
 /// The one way pipewatch reads a glob (over "pipeline/stage", metric names, kinds).
 pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
     globset::Glob::new(pattern).map(|g| g.compile_matcher())
+}
+
+impl EmailSettings {
+    /// Checked whether or not email is enabled (but for what only matters to sending):
+    /// a mistake should show at `check-config`, not on the day someone turns email on.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.to.is_empty() {
+            return Err(invalid(
+                "email.to",
+                "[]",
+                "at least one recipient when email.enabled",
+            ));
+        }
+        if self.enabled && self.smtp_host.trim().is_empty() {
+            return Err(invalid("email.smtp_host", &self.smtp_host, "a host name"));
+        }
+        if self.smtp_port == 0 {
+            return Err(invalid("email.smtp_port", 0, "a port from 1 to 65535"));
+        }
+        // Only when enabled: a password may be set ahead (from a secret store, in the
+        // environment) while email is off.
+        if self.enabled && self.username.is_empty() != self.password.is_empty() {
+            // Which one is missing is safe to say; the password itself never is.
+            let (key, value) = if self.username.is_empty() {
+                ("email.username", "")
+            } else {
+                ("email.password", "")
+            };
+            return Err(invalid(
+                key,
+                value,
+                "email.username and email.password both set (SMTP auth) or both empty",
+            ));
+        }
+        parse_mailbox("email.from", &self.from)?;
+        for (i, to) in self.to.iter().enumerate() {
+            parse_mailbox(&format!("email.to[{i}]"), to)?;
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("email.routes[{i}]");
+            compile_glob(
+                &format!("{key}.stages"),
+                route.stages.as_deref().unwrap_or("*"),
+            )?;
+            compile_glob(
+                &format!("{key}.metrics"),
+                route.metrics.as_deref().unwrap_or("*"),
+            )?;
+            if route.to.is_empty() {
+                return Err(invalid(format!("{key}.to"), "[]", "at least one recipient"));
+            }
+            for (j, to) in route.to.iter().enumerate() {
+                parse_mailbox(&format!("{key}.to[{j}]"), to)?;
+            }
+        }
+        let duration = |key: &str, value: Duration, min: Duration, max: Duration, expected| {
+            if value < min || value > max {
+                Err(invalid(
+                    key,
+                    humantime::format_duration(value).to_string(),
+                    expected,
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let ms = Duration::from_millis;
+        let hour = Duration::from_secs(3_600);
+        duration(
+            "email.timeout",
+            self.timeout,
+            ms(100),
+            hour / 6,
+            "a duration from 100ms to 10m",
+        )?;
+        duration(
+            "email.group_wait",
+            self.group_wait,
+            Duration::ZERO,
+            hour,
+            "a duration up to 1h",
+        )?;
+        duration(
+            "email.retry_max_backoff",
+            self.retry_max_backoff,
+            ms(10),
+            24 * hour,
+            "a duration from 10ms to 1d",
+        )?;
+        duration(
+            "email.retry_backoff",
+            self.retry_backoff,
+            ms(10),
+            self.retry_max_backoff,
+            "a duration from 10ms to email.retry_max_backoff",
+        )?;
+        if !(1..=100_000).contains(&self.max_per_hour) {
+            return Err(invalid(
+                "email.max_per_hour",
+                self.max_per_hour,
+                "an integer from 1 to 100000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.queue_capacity) {
+            return Err(invalid(
+                "email.queue_capacity",
+                self.queue_capacity,
+                "an integer from 1 to 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_pending) {
+            return Err(invalid(
+                "email.max_pending",
+                self.max_pending,
+                "an integer from 1 to 100000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An address as the mail is built with it: `ops@example.com` or `Ops <ops@example.com>`.
+pub(crate) fn parse_mailbox(
+    key: &str,
+    value: &str,
+) -> Result<lettre::message::Mailbox, ConfigError> {
+    value.parse().map_err(|e| {
+        invalid(
+            key,
+            value,
+            &format!("an email address such as ops@example.com or \"Ops <ops@example.com>\" ({e})"),
+        )
+    })
 }
 
 impl Tuning {
@@ -765,6 +962,129 @@ buckets = 90
         assert_eq!(
             s.email.password, "s3cret-pass",
             "the live value is untouched"
+        );
+    }
+
+    #[test]
+    fn email_password_never_shows_in_debug() {
+        let s =
+            Settings::load_with_env(None, env(&[("PIPEWATCH__EMAIL__PASSWORD", "s3cret-pass")]))
+                .unwrap();
+        for shown in [format!("{s:?}"), format!("{:?}", s.email)] {
+            assert!(!shown.contains("s3cret-pass"), "{shown}");
+            assert!(shown.contains(REDACTED), "{shown}");
+        }
+    }
+
+    fn email_error(toml: &str, vars: &[(&str, &str)]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw.toml");
+        std::fs::write(&path, toml).unwrap();
+        Settings::load_with_env(Some(&path), env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn email_routes_load_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw.toml");
+        std::fs::write(
+            &path,
+            r#"
+[email]
+enabled = true
+to = ["oncall@example.com"]
+group_wait = "200ms"
+
+[[email.routes]]
+stages = "billing/*"
+to = ["Billing <billing-oncall@example.com>"]
+
+[[email.routes]]
+metrics = "quality.*"
+to = ["dq@example.com"]
+"#,
+        )
+        .unwrap();
+        let s = Settings::load_with_env(
+            Some(&path),
+            env(&[("PIPEWATCH__EMAIL__TO", "a@example.com,b@example.com")]),
+        )
+        .unwrap();
+        let e = &s.email;
+        assert_eq!(e.to, ["a@example.com", "b@example.com"]);
+        assert_eq!(e.group_wait, Duration::from_millis(200));
+        assert_eq!(e.routes.len(), 2);
+        assert_eq!(e.routes[0].stages.as_deref(), Some("billing/*"));
+        assert_eq!(e.routes[0].metrics, None);
+        assert_eq!(e.routes[1].to, ["dq@example.com"]);
+        // the effective configuration still prints, routes included
+        assert!(s.to_redacted_toml().contains("billing-oncall@example.com"));
+    }
+
+    #[test]
+    fn invalid_email_values_name_key_value_and_expectation() {
+        let check = |toml: &str, vars: &[(&str, &str)], needles: &[&str]| {
+            let err = email_error(toml, vars);
+            for needle in needles {
+                assert!(err.contains(needle), "{needle:?} not in {err:?}");
+            }
+        };
+        check(
+            "[email]\nfrom = \"not an address\"\n",
+            &[],
+            &["email.from", "not an address", "email address"],
+        );
+        check(
+            "[email]\nto = [\"ok@example.com\", \"a\\r\\nBcc: evil@x\"]\n",
+            &[],
+            &["email.to[1]", "email address"],
+        );
+        check(
+            "[[email.routes]]\nstages = \"billing/[\"\nto = [\"b@example.com\"]\n",
+            &[],
+            &["email.routes[0].stages", "billing/[", "glob"],
+        );
+        check(
+            "[[email.routes]]\nstages = \"b/*\"\nto = []\n",
+            &[],
+            &["email.routes[0].to", "at least one recipient"],
+        );
+        check(
+            "[[email.routes]]\nto = [\"x@\"]\n",
+            &[],
+            &["email.routes[0].to[0]", "x@"],
+        );
+        check(
+            "",
+            &[("PIPEWATCH__EMAIL__QUEUE_CAPACITY", "0")],
+            &["email.queue_capacity", "from 1"],
+        );
+        check(
+            "",
+            &[("PIPEWATCH__EMAIL__MAX_PENDING", "0")],
+            &["email.max_pending", "from 1"],
+        );
+        check(
+            "",
+            &[("PIPEWATCH__EMAIL__MAX_PER_HOUR", "0")],
+            &["email.max_per_hour", "from 1"],
+        );
+        check(
+            "",
+            &[("PIPEWATCH__EMAIL__TIMEOUT", "10ms")],
+            &["email.timeout", "10ms", "100ms to 10m"],
+        );
+        check(
+            "",
+            &[("PIPEWATCH__EMAIL__RETRY_BACKOFF", "10m")],
+            &["email.retry_backoff", "retry_max_backoff"],
+        );
+        check(
+            "[email]\nenabled = true\nto = [\"a@example.com\"]\nusername = \"u\"\n",
+            &[],
+            &["email.password", "both set"],
         );
     }
 }

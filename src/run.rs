@@ -49,6 +49,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, Outcome, Outputs, StageBudget, Stats};
 use crate::live::stages::Owner;
 use crate::live::{Driver, Live};
+use crate::sink::email::EmailNotifier;
 use crate::sink::kafka::{KafkaSink, Origin};
 use crate::sink::ndjson::NdjsonWriter;
 use crate::source::kafka::{consumer_config, lag, BrokerView};
@@ -140,6 +141,8 @@ struct Worker {
     progress: Arc<Progress>,
     last_commit: Instant,
     live: Arc<Live>,
+    /// Alert email, when `email.enabled`.
+    email: Option<Arc<EmailNotifier>>,
     /// Counters of the engines of partitions no longer assigned.
     retired: Stats,
 }
@@ -238,7 +241,7 @@ impl Worker {
         settings: &Settings,
         args: &RunArgs,
         progress: Arc<Progress>,
-        live: Arc<Live>,
+        outlets: Outlets,
     ) -> anyhow::Result<Worker> {
         let alerts_out = args
             .alerts_out
@@ -266,7 +269,8 @@ impl Worker {
             counters: RunCounters::default(),
             progress,
             last_commit: Instant::now(),
-            live,
+            live: outlets.live,
+            email: outlets.email,
             retired: Stats::default(),
         })
     }
@@ -380,7 +384,7 @@ impl Worker {
             return;
         }
         for mut alert in self.out.alerts.drain(..) {
-            let _email = self.live.record_alert(&mut alert);
+            let email = self.live.record_alert(&mut alert);
             tracing::info!(
                 status = ?alert.status,
                 severity = ?alert.severity,
@@ -389,6 +393,9 @@ impl Worker {
                 alert.summary
             );
             self.sink.alert(&alert);
+            if let Some(notifier) = self.email.as_ref().filter(|_| email) {
+                notifier.notify(&alert);
+            }
             if let Some(file) = self.alerts_out.as_mut() {
                 if let Err(err) = file.write(&alert) {
                     tracing::error!(error = %err, "cannot write --alerts-out");
@@ -491,6 +498,16 @@ impl Worker {
                     .with_label_values(&[topic, &partition.to_string()])
                     .set(lag(high, next));
             }
+        }
+        if let Some(email) = &self.email {
+            let e = email.counters().snapshot();
+            mirror(&t.email_messages_sent, e.messages_sent);
+            mirror(&t.email_alerts_sent, e.alerts_sent);
+            mirror(&t.email_send_failures, e.failures);
+            mirror(&t.email_alerts_dropped, e.alerts_dropped);
+            mirror(&t.email_alerts_superseded, e.alerts_replaced);
+            mirror(&t.email_rate_limited, e.rate_limited);
+            t.email_queued_alerts.set(e.queued as i64);
         }
         let warming = self.tasks.iter().filter(|t| t.warm_until.is_some()).count();
         self.live
@@ -695,15 +712,22 @@ fn open_offsets_log(path: &std::path::Path) -> std::io::Result<BufWriter<File>> 
     Ok(BufWriter::new(file))
 }
 
+/// Where a run's results go besides the Kafka topics.
+pub struct Outlets {
+    /// The live state behind the API, dashboard and metrics.
+    pub live: Arc<Live>,
+    pub email: Option<Arc<EmailNotifier>>,
+}
+
 /// Consumes until `stop` is set, then stops cleanly: commit, leave the group.
 pub fn consume(
     settings: &Settings,
     args: &RunArgs,
     stop: &AtomicBool,
     progress: Arc<Progress>,
-    live: Arc<Live>,
+    outlets: Outlets,
 ) -> anyhow::Result<RunCounters> {
-    let worker = Worker::new(settings, args, progress, live)?;
+    let worker = Worker::new(settings, args, progress, outlets)?;
     let sink_counters = Arc::clone(worker.sink.counters());
     let consumer: BaseConsumer<ServiceContext> = consumer_config(&settings.kafka)
         .create_with_context(ServiceContext {
@@ -789,9 +813,21 @@ pub async fn serve(settings: Settings, args: RunArgs) -> anyhow::Result<RunCount
         let _ = http_stopped.await;
     })
     .await?;
+    let email = match settings.email.enabled {
+        true => Some(Arc::new(EmailNotifier::start(
+            &settings.email,
+            Some(&settings.alerts.dashboard_url),
+            &tokio::runtime::Handle::current(),
+        )?)),
+        false => None,
+    };
+    let outlets = Outlets {
+        live,
+        email: email.clone(),
+    };
     let mut consumer = tokio::task::spawn_blocking({
         let stop = Arc::clone(&stop);
-        move || consume(&settings, &args, &stop, Arc::default(), live)
+        move || consume(&settings, &args, &stop, Arc::default(), outlets)
     });
     let result = tokio::select! {
         result = &mut consumer => Some(result),
@@ -813,6 +849,11 @@ pub async fn serve(settings: Settings, args: RunArgs) -> anyhow::Result<RunCount
             }
         }
     };
+    // The consumer thread is done with the notifier: what is still waiting (grouped,
+    // or held back by the rate limit) goes out now, within the same bound as the rest.
+    if let Some(email) = email.and_then(|e| Arc::into_inner(e)) {
+        email.shutdown(timeout).await;
+    }
     let _ = http_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
     result

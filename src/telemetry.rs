@@ -51,6 +51,8 @@ pub struct Telemetry {
     pub email_alerts_sent: IntCounter,
     pub email_send_failures: IntCounter,
     pub email_alerts_dropped: IntCounter,
+    pub email_alerts_superseded: IntCounter,
+    pub email_rate_limited: IntCounter,
     pub email_queued_alerts: IntGauge,
 }
 
@@ -250,7 +252,19 @@ impl Telemetry {
             email_alerts_dropped: counter(
                 r,
                 "pipewatch_email_alerts_dropped_total",
-                "Alert notifications never emailed: the email queue was full",
+                "Alert notifications never emailed: the queue or the outbox was full, or \
+                 the SMTP server refused the message for good",
+            ),
+            email_alerts_superseded: counter(
+                r,
+                "pipewatch_email_alerts_superseded_total",
+                "Alert notifications replaced, while waiting to be emailed, by a newer one \
+                 of the same alert (a resolution replacing its firing)",
+            ),
+            email_rate_limited: counter(
+                r,
+                "pipewatch_email_rate_limited_total",
+                "Grouped emails held back by email.max_per_hour (sent later as a digest)",
             ),
             email_queued_alerts: gauge(
                 r,

@@ -1,4 +1,5 @@
 //! Where alerts and scores go.
 
+pub mod email;
 pub mod kafka;
 pub mod ndjson;
