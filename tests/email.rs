@@ -3,168 +3,21 @@
 //! It writes each message it accepts to a directory, parsed by Python's email package, so
 //! what is checked here is what a mail client would read.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::free_port;
+use common::smtp::{eventually, SmtpServer};
 
 use pipewatch::alert::{Alert, AlertFactory, AlertFacts, Notice, Severity};
 use pipewatch::config::{EmailRoute, EmailSettings, EmailTls, Settings};
 use pipewatch::metric::AlertKind;
 use pipewatch::sink::email::{EmailCounts, EmailNotifier};
-use serde_json::Value;
 
-/// Debian's interpreter: the one `python3-aiosmtpd` is installed for (a `python3` earlier
-/// on PATH may be another).
-const PYTHON: &str = "/usr/bin/python3";
-/// How long any expected outcome may take before a test fails.
-const PATIENCE: Duration = Duration::from_secs(15);
 const DASHBOARD: &str = "http://pipewatch.test:9898";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// An SMTP server on `port`, killed on drop.
-struct SmtpServer {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl SmtpServer {
-    fn start(port: u16, args: &[&str]) -> SmtpServer {
-        let dir = tempfile::tempdir().unwrap();
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
-        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(PYTHON)
-            .arg("-B")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("/usr/bin/python3 runs (apt-get install python3-aiosmtpd)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let server = SmtpServer { child, dir };
-        assert_eq!(line.trim(), "ready", "{}", server.stderr());
-        server
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    /// Every message received so far, in order.
-    fn messages(&self) -> Vec<Mail> {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        paths
-            .iter()
-            .map(|p| Mail(serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()))
-            .collect()
-    }
-
-    /// Waits until `n` messages have arrived; returns them.
-    fn wait_for(&self, n: usize) -> Vec<Mail> {
-        let what = format!("{n} message(s)");
-        eventually(&what, || {
-            let messages = self.messages();
-            (messages.len() >= n).then_some(messages)
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{} arrived, not {what}: {}",
-                self.messages().len(),
-                self.stderr()
-            )
-        })
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `check` until it gives something or [`PATIENCE`] runs out.
-fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check() {
-            return Some(found);
-        }
-        if Instant::now() > deadline {
-            eprintln!("gave up waiting for {what}");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One received message, as `smtp_sink.py` recorded it.
-struct Mail(Value);
-
-impl Mail {
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers()
-            .into_iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    }
-
-    fn headers(&self) -> Vec<(String, String)> {
-        self.0["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| (h[0].as_str().unwrap().into(), h[1].as_str().unwrap().into()))
-            .collect()
-    }
-
-    fn subject(&self) -> String {
-        self.header("Subject").expect("a Subject")
-    }
-
-    fn recipients(&self) -> Vec<String> {
-        let mut to: Vec<String> = self.0["rcpt_tos"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap().to_string())
-            .collect();
-        to.sort();
-        to
-    }
-
-    fn text(&self) -> &str {
-        self.0["text"].as_str().expect("a text/plain part")
-    }
-
-    fn html(&self) -> &str {
-        self.0["html"].as_str().expect("a text/html part")
-    }
-
-    /// Both parts, for checks that apply to each.
-    fn parts(&self) -> [&str; 2] {
-        [self.text(), self.html()]
-    }
-}
 
 /// Email settings for a server on `port`, with durations short enough for tests, checked
 /// by the same validation as a configuration file.

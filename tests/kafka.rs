@@ -4,6 +4,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+use common::free_port;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -26,13 +28,6 @@ const PARTITIONS: i32 = 4;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
 }
 
 /// A Tansu broker on a free loopback port, stopped on drop. Clients reach it at
@@ -159,6 +154,17 @@ struct Pipewatch {
 
 impl Pipewatch {
     fn start(dir: &Path, name: &str, kafka: &KafkaSettings, extra: &[&str]) -> Pipewatch {
+        Pipewatch::start_with(dir, name, kafka, extra, "")
+    }
+
+    /// `start` with more configuration (TOML sections after [http] and [kafka]).
+    fn start_with(
+        dir: &Path,
+        name: &str,
+        kafka: &KafkaSettings,
+        extra: &[&str],
+        more_config: &str,
+    ) -> Pipewatch {
         let config = dir.join(format!("{name}.toml"));
         let properties: String = kafka
             .properties
@@ -169,7 +175,7 @@ impl Pipewatch {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"{http}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}",
+                "[http]\nlisten = \"{http}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}\n{more_config}",
                 kafka.brokers, kafka.group_id, kafka.topics
             ),
         )
@@ -716,4 +722,144 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
         );
     }
     println!("{sent} events, {during} processed when the connection was cut for 5 s, all processed after");
+}
+
+/// Events of one stage every 100 ms from `from_ms` (inclusive) to `to_ms` (exclusive),
+/// with `records` each.
+fn send_stage_events(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    from_ms: i64,
+    to_ms: i64,
+    records: impl Fn(i64) -> u64,
+) {
+    for (i, ts) in (from_ms..to_ms).step_by(100).enumerate() {
+        let n = records(i as i64);
+        let event = format!(
+            r#"{{"pipeline":"orders","stage":"load","timestamp":{ts},"records_in":{n},"records_out":{n}}}"#
+        );
+        pipewatch::kafka::send_waiting(
+            producer,
+            BaseRecord::to(EVENTS).key("orders/load").payload(&event),
+        )
+        .expect("queued");
+    }
+    producer.flush(Duration::from_secs(10)).expect("delivered");
+}
+
+#[test]
+fn a_fault_is_emailed_after_an_smtp_outage_then_its_resolution() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-email");
+    let smtp_port = free_port();
+    // One-second buckets, so a fault and its end take seconds; only the records metric
+    // is judged, so the one fault makes one alert.
+    let config = format!(
+        r#"
+[window]
+bucket = "1s"
+allowed_lateness = "0s"
+[detection]
+training_buckets = 10
+[metrics.events]
+enabled = false
+[silence]
+enabled = false
+[email]
+enabled = true
+smtp_port = {smtp_port}
+from = "pipewatch@pipewatch.test"
+to = ["oncall@pipewatch.test"]
+group_wait = "300ms"
+retry_backoff = "100ms"
+retry_max_backoff = "500ms"
+"#
+    );
+    let pw = Pipewatch::start_with(dir.path(), "email", &kafka, &[], &config);
+    wait_until("the assignment", Duration::from_secs(60), || {
+        pw.last_assignment().is_some()
+    });
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        pipewatch::kafka::client_config(&kafka)
+            .create()
+            .expect("producer");
+    let now = chrono::Utc::now().timestamp_millis() / 1000 * 1000;
+    // 40 s of normal volume, then 10 s at 2% of it, running a few seconds into the
+    // future (allowed up to input.max_future_skew) so no wall-clock gap opens before the
+    // recovery is sent.
+    let fault_end = now + 10_000;
+    send_stage_events(&producer, now - 40_000, now, |i| 1000 + (i % 7) as u64 * 10);
+    send_stage_events(&producer, now, fault_end, |_| 20);
+
+    // The SMTP server is down: the alert reaches Kafka and the metrics all the same.
+    let alerts = read_topic(&kafka, ALERTS, Duration::from_secs(30), |m| {
+        alerts_in(m).iter().any(|a| a["status"] == "firing")
+    });
+    let firing = alerts_in(&alerts).remove(0);
+    assert_eq!(firing["kind"], "throughput_drop");
+    assert_eq!(firing["stage"], "load");
+    wait_until(
+        "failed sends in the metrics",
+        Duration::from_secs(15),
+        || {
+            common::value(&pw.metrics(), "pipewatch_email_send_failures_total")
+                .is_some_and(|n| n > 0.0)
+        },
+    );
+    let metrics = pw.metrics();
+    assert!(metrics.contains(
+        "pipewatch_alerts_total{kind=\"throughput_drop\",severity=\"critical\",status=\"firing\"} 1"
+    ));
+    assert_eq!(
+        common::value(&metrics, "pipewatch_email_messages_sent_total"),
+        Some(0.0)
+    );
+
+    // The server comes back: the waiting mail is delivered, once.
+    let server = common::smtp::SmtpServer::start(smtp_port, &[]);
+    let mails = server.wait_for(1);
+    let mail = &mails[0];
+    assert!(
+        mail.subject()
+            .starts_with("[pipewatch] FIRING critical: orders/load records fell to"),
+        "{}",
+        mail.subject()
+    );
+    assert_eq!(mail.recipients(), ["oncall@pipewatch.test"]);
+    assert_eq!(mail.header("To").unwrap(), "oncall@pipewatch.test");
+    for part in mail.parts() {
+        for needle in [
+            "throughput_drop",
+            firing["summary"].as_str().unwrap(),
+            "/stages/orders/load",
+        ] {
+            assert!(part.contains(needle), "{needle:?} not in {part}");
+        }
+    }
+
+    // The volume recovers: the alert resolves and a second mail says so.
+    let resume = fault_end.max(chrono::Utc::now().timestamp_millis() / 1000 * 1000 + 1000);
+    send_stage_events(&producer, resume, resume + 5_000, |i| {
+        1000 + (i % 7) as u64 * 10
+    });
+    let mails = server.wait_for(2);
+    assert!(
+        mails[1]
+            .subject()
+            .starts_with("[pipewatch] RESOLVED: orders/load records"),
+        "{}",
+        mails[1].subject()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(server.messages().len(), 2, "one mail per notification");
+    let metrics = pw.metrics();
+    assert_eq!(
+        common::value(&metrics, "pipewatch_email_messages_sent_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        common::value(&metrics, "pipewatch_email_alerts_dropped_total"),
+        Some(0.0)
+    );
 }
