@@ -851,7 +851,7 @@ pub async fn serve(settings: Settings, args: RunArgs) -> anyhow::Result<RunCount
     };
     // The consumer thread is done with the notifier: what is still waiting (grouped,
     // or held back by the rate limit) goes out now, within the same bound as the rest.
-    if let Some(email) = email.and_then(|e| Arc::into_inner(e)) {
+    if let Some(email) = email.and_then(Arc::into_inner) {
         email.shutdown(timeout).await;
     }
     let _ = http_stop.send(());
