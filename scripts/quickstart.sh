@@ -4,15 +4,19 @@
 # Builds pipewatch, starts a local Kafka-compatible broker (Tansu, installed if missing, on
 # 127.0.0.1:$PORT), creates the topics, starts `pipewatch run` and the simulator producing
 # realistic events (two days of history with one fault of each kind, at $RATE events/s,
-# then fault-free live events in real time), and prints alerts as they arrive. Ctrl-C stops everything it
-# started. Files (config, logs, alerts, fault labels) are kept in the directory it prints.
+# then fault-free live events in real time), and prints alerts as they arrive. Metrics, health
+# checks and the API are on http://127.0.0.1:$HTTP_PORT. Where Debian's python3-aiosmtpd is
+# installed, a local SMTP catcher receives the alert email too. Ctrl-C stops everything it
+# started. Files (config, logs, alerts, mail, fault labels) are kept in the directory it prints.
 #
-#   PORT=19092 ./scripts/quickstart.sh
+#   PORT=19092 HTTP_PORT=9898 ./scripts/quickstart.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT=${PORT:-19092}
 RATE=${RATE:-10000}
+HTTP_PORT=${HTTP_PORT:-9898}
+SMTP_PORT=${SMTP_PORT:-2525}
 work=$(mktemp -d -t pipewatch-quickstart.XXXXXX)
 pids=()
 
@@ -37,7 +41,27 @@ scripts/broker.sh topic "$PORT" pipeline-events 4
 scripts/broker.sh topic "$PORT" pipeline-alerts 1
 scripts/broker.sh topic "$PORT" pipeline-events-dlq 1
 
+email_config=""
+mkdir -p "$work/mail"
+if /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "== starting an SMTP catcher on 127.0.0.1:$SMTP_PORT (mail lands in $work/mail)"
+  /usr/bin/python3 -B tests/smtp_sink.py "$SMTP_PORT" "$work/mail" >/dev/null 2>"$work/smtp.log" &
+  pids+=($!)
+  email_config="[email]
+enabled = true
+smtp_port = $SMTP_PORT
+to = [\"oncall@example.com\"]"
+fi
+
 cat >"$work/pipewatch.toml" <<TOML
+[http]
+listen = "127.0.0.1:$HTTP_PORT"
+
+[alerts]
+dashboard_url = "http://127.0.0.1:$HTTP_PORT"
+
+$email_config
+
 [kafka]
 brokers = "127.0.0.1:$PORT"
 group_id = "pipewatch-quickstart"
@@ -67,8 +91,13 @@ pids+=($!)
 cat <<INFO
 
 Alerts appear below as pipewatch sends them to the topic pipeline-alerts; invalid events go
-to pipeline-events-dlq. pipewatch has no metrics endpoint or HTTP API yet; meanwhile look at:
+to pipeline-events-dlq. Also look at:
+  http://127.0.0.1:$HTTP_PORT/api/v1/stages      every stage and its health (JSON)
+  http://127.0.0.1:$HTTP_PORT/api/v1/alerts      alerts firing now (?state=recent: latest)
+  http://127.0.0.1:$HTTP_PORT/metrics            Prometheus metrics, per-stage gauges included
+  http://127.0.0.1:$HTTP_PORT/readyz             ready once connected with partitions assigned
   $work/alerts.ndjson    every alert, as JSON (the alert topic's content)
+  $work/mail/            alert email received by the local SMTP catcher (when aiosmtpd is there)
   $work/pipewatch.log    what pipewatch is doing (partitions, warm-up, commits)
 Press Ctrl-C to stop.
 
