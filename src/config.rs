@@ -966,6 +966,22 @@ buckets = 90
     }
 
     #[test]
+    fn api_token_is_redacted_and_checked() {
+        let token = "api-token-0123456789";
+        let s =
+            Settings::load_with_env(None, env(&[("PIPEWATCH__HTTP__API_TOKEN", token)])).unwrap();
+        assert!(!s.to_redacted_toml().contains(token));
+        assert_eq!(s.http.api_token, token);
+        let err = Settings::load_with_env(None, env(&[("PIPEWATCH__HTTP__API_TOKEN", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("http.api_token") && !err.contains("short"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn email_password_never_shows_in_debug() {
         let s =
             Settings::load_with_env(None, env(&[("PIPEWATCH__EMAIL__PASSWORD", "s3cret-pass")]))
