@@ -22,6 +22,9 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
+/// The `outcome` label values of `pipewatch_events_total`.
+const OUTCOMES: [&str; 5] = ["applied", "late", "duplicate", "stage_limit", "invalid"];
+
 pub struct Telemetry {
     registry: Registry,
     pub events: IntCounterVec,
@@ -135,7 +138,7 @@ impl Telemetry {
         registry
             .register(Box::new(consumer_lag.clone()))
             .expect("each metric is registered once");
-        Telemetry {
+        let telemetry = Telemetry {
             events: counter_vec(
                 r,
                 "pipewatch_events_total",
@@ -272,26 +275,36 @@ impl Telemetry {
                 "Alert notifications waiting to be emailed",
             ),
             registry,
+        };
+        // Series of known label values exist from the start at 0: a series born at its
+        // first increment hides that increment from rate() and increase().
+        for reason in Reason::ALL {
+            telemetry.invalid.with_label_values(&[reason.as_str()]);
         }
+        for outcome in OUTCOMES {
+            telemetry.events.with_label_values(&[outcome]);
+        }
+        for result in ["ok", "failed"] {
+            telemetry.commits.with_label_values(&[result]);
+        }
+        telemetry
     }
 
     /// Mirrors an engine's (or several engines') cumulative counters.
     pub fn record_engine(&self, totals: &Stats) {
-        let outcomes = [
-            ("applied", totals.applied),
-            ("late", totals.late),
-            ("duplicate", totals.duplicate),
-            ("stage_limit", totals.stage_limit),
-            ("invalid", totals.invalid_total()),
+        let totals_by_outcome = [
+            totals.applied,
+            totals.late,
+            totals.duplicate,
+            totals.stage_limit,
+            totals.invalid_total(),
         ];
-        for (outcome, total) in outcomes {
+        for (outcome, total) in OUTCOMES.into_iter().zip(totals_by_outcome) {
             mirror(&self.events.with_label_values(&[outcome]), total);
         }
         for reason in Reason::ALL {
             let total = totals.invalid[reason.index()];
-            if total > 0 {
-                mirror(&self.invalid.with_label_values(&[reason.as_str()]), total);
-            }
+            mirror(&self.invalid.with_label_values(&[reason.as_str()]), total);
         }
         mirror(&self.quality_ignored, totals.quality_overflow);
         mirror(&self.buckets_closed, totals.buckets_closed);
