@@ -32,6 +32,7 @@ pub struct Settings {
     #[serde(default)]
     pub overrides: Vec<Tuning>,
     pub silence: SilenceSettings,
+    pub flow: FlowSettings,
     pub alerts: AlertSettings,
     pub http: HttpSettings,
     pub email: EmailSettings,
@@ -200,6 +201,23 @@ pub struct SilenceSettings {
     #[serde(with = "humantime_serde")]
     pub min_silence: Duration,
     pub training_gaps: u32,
+}
+
+/// Data-flow tracking across stages: runs by correlation id (see `crate::flow`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSettings {
+    pub enabled: bool,
+    pub max_runs: usize,
+    #[serde(with = "humantime_serde")]
+    pub run_ttl: Duration,
+    pub max_stages_per_pipeline: usize,
+    pub loss_tolerance: f64,
+    pub loss_min_records: u64,
+    pub stuck_factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub stuck_min: Duration,
+    pub stuck_training: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -584,6 +602,41 @@ impl Settings {
                 humantime::format_duration(k.shutdown_timeout).to_string(),
                 "a duration of 1s or more",
             ));
+        }
+        let f = &self.flow;
+        if f.max_runs == 0 || f.max_runs > 10_000_000 {
+            return Err(invalid("flow.max_runs", f.max_runs, "from 1 to 10000000"));
+        }
+        if f.run_ttl < Duration::from_secs(1) {
+            return Err(invalid(
+                "flow.run_ttl",
+                humantime::format_duration(f.run_ttl).to_string(),
+                "a duration of 1s or more",
+            ));
+        }
+        if !(2..=256).contains(&f.max_stages_per_pipeline) {
+            return Err(invalid(
+                "flow.max_stages_per_pipeline",
+                f.max_stages_per_pipeline,
+                "from 2 to 256",
+            ));
+        }
+        if !(0.0..1.0).contains(&f.loss_tolerance) {
+            return Err(invalid(
+                "flow.loss_tolerance",
+                f.loss_tolerance,
+                "a fraction from 0 (inclusive) to 1",
+            ));
+        }
+        if !(f.stuck_factor.is_finite() && f.stuck_factor >= 1.0) {
+            return Err(invalid(
+                "flow.stuck_factor",
+                f.stuck_factor,
+                "a number >= 1",
+            ));
+        }
+        if f.stuck_training == 0 {
+            return Err(invalid("flow.stuck_training", 0, "at least 1"));
         }
         let h = &self.http;
         if h.recent_alerts == 0 || h.recent_alerts > 100_000 {

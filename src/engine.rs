@@ -23,6 +23,7 @@ use crate::config::{Direction, Settings, SilenceSettings};
 use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
+use crate::flow::{FlowFigure, FlowTracker, SharedFlow};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
 use crate::window::{Bucket, Reported};
@@ -139,18 +140,28 @@ struct Stage {
     /// The last bucket closed, emptied into the next one opened (see [`Bucket::reset`]).
     spare: Option<Bucket>,
     series: Vec<Series>,
-    quality_names: Vec<Box<str>>,
+    /// The names of the metrics after the built-ins, in slot order.
+    extra: Vec<Extra>,
     reported: Reported,
     gaps: GapTracker,
     silence: Track,
 }
 
-/// The name of metric `slot` of a stage with these quality figures. A function of the
+/// A metric of a stage beyond the built-ins.
+enum Extra {
+    /// A quality figure, by its name in events (`null_rate`).
+    Quality(Box<str>),
+    /// A data-flow figure, by its metric name (`hop_delay.extract`, `e2e_latency`).
+    Flow(Arc<str>),
+}
+
+/// The name of metric `slot` of a stage with these extra metrics. A function of the
 /// names alone, so the stage's other fields stay free to borrow mutably.
-fn metric_name(quality_names: &[Box<str>], slot: usize) -> MetricName<'_> {
-    match slot.checked_sub(BUILTIN_SLOTS) {
+fn metric_name(extra: &[Extra], slot: usize) -> MetricName<'_> {
+    match slot.checked_sub(BUILTIN_SLOTS).map(|i| &extra[i]) {
         None => MetricName::Builtin(Builtin::ALL[slot]),
-        Some(q) => MetricName::Quality(&quality_names[q]),
+        Some(Extra::Quality(name)) => MetricName::Quality(name),
+        Some(Extra::Flow(name)) => MetricName::Flow(name),
     }
 }
 
@@ -186,9 +197,12 @@ impl Stage {
                 .map(|s| s.detectors.zscore.heap_bytes())
                 .sum::<usize>()
             + self
-                .quality_names
+                .extra
                 .iter()
-                .map(|q| q.len() + 16)
+                .map(|e| match e {
+                    Extra::Quality(q) => q.len() + 16,
+                    Extra::Flow(_) => 16,
+                })
                 .sum::<usize>()
     }
 }
@@ -309,20 +323,38 @@ pub struct Engine {
     values: Vec<f64>,
     judgements: Vec<Judgement>,
     quality_buf: Vec<(u16, f64)>,
+    /// Data-flow tracking, shared by the engines of one process; and this engine's
+    /// number among its sources of time.
+    flow: Option<(SharedFlow, usize)>,
+    /// Event time up to which the flow tracker has been told.
+    flow_clock_ms: i64,
+    flow_figures: Vec<FlowFigure>,
 }
 
 impl Engine {
     /// `emit_scores`: whether closed buckets are also reported as [`ScoredBucket`]s.
+    /// With `flow.enabled`, the engine tracks runs across stages with a tracker of its own.
     pub fn new(settings: &Settings, emit_scores: bool) -> Engine {
-        Engine::with_budget(
+        Engine::with_shared(
             settings,
             emit_scores,
             StageBudget::new(settings.stages.max_tracked),
+            FlowTracker::shared(settings),
         )
     }
 
-    /// An engine that draws its stages from `budget`, shared with other engines.
-    pub fn with_budget(settings: &Settings, emit_scores: bool, budget: StageBudget) -> Engine {
+    /// An engine that draws its stages from `budget` and tracks runs with `flow`, both
+    /// shared with other engines (and `flow` with whoever shows runs).
+    pub fn with_shared(
+        settings: &Settings,
+        emit_scores: bool,
+        budget: StageBudget,
+        flow: Option<SharedFlow>,
+    ) -> Engine {
+        let flow = flow.map(|f| {
+            let source = crate::flow::lock(&f).add_source();
+            (f, source)
+        });
         let bucket_ms = settings.bucket_ms();
         Engine {
             bucket_ms,
@@ -352,6 +384,9 @@ impl Engine {
             values: Vec::new(),
             judgements: Vec::new(),
             quality_buf: Vec::new(),
+            flow,
+            flow_clock_ms: i64::MIN,
+            flow_figures: Vec::new(),
         }
     }
 
@@ -412,6 +447,9 @@ impl Engine {
             self.stats.stage_limit += 1;
             return Outcome::StageLimit;
         };
+        if let (Some((flow, _)), Some(_)) = (&self.flow, &event.correlation_id) {
+            crate::flow::lock(flow).observe(event, &mut self.flow_figures, &mut out.alerts);
+        }
         self.add_to_stage(index, event, bucket);
         if let Some(h) = id_hash {
             self.recent_ids.confirm(h);
@@ -485,7 +523,7 @@ impl Engine {
             open: Vec::with_capacity(2),
             spare: None,
             series,
-            quality_names: Vec::new(),
+            extra: Vec::new(),
             reported: Reported::default(),
             gaps: GapTracker::new(event.timestamp_ms),
             silence: Track::Idle,
@@ -502,6 +540,9 @@ impl Engine {
             if slot != u16::MAX {
                 figures.push((slot, *x));
             }
+        }
+        for (name, x) in std::mem::take(&mut self.flow_figures).drain(..) {
+            figures.push((self.flow_slot(index, name), x));
         }
         let stage = &mut self.stages[index];
         let position = stage.open.iter().position(|b| b.index >= bucket);
@@ -527,29 +568,67 @@ impl Engine {
     /// when the stage tracks `max_quality_metrics` figures already.
     fn quality_slot(&mut self, index: usize, name: &str) -> u16 {
         let stage = &self.stages[index];
-        if let Some(q) = stage.quality_names.iter().position(|n| **n == *name) {
+        let found = stage
+            .extra
+            .iter()
+            .position(|e| matches!(e, Extra::Quality(n) if **n == *name));
+        if let Some(q) = found {
             return (BUILTIN_SLOTS + q) as u16;
         }
-        if stage.quality_names.len() >= self.max_quality {
+        let tracked = stage
+            .extra
+            .iter()
+            .filter(|e| matches!(e, Extra::Quality(_)))
+            .count();
+        if tracked >= self.max_quality {
             self.stats.quality_overflow += 1;
             return u16::MAX;
         }
-        let policy = self
-            .policies
-            .resolve(&stage.path(), &MetricName::Quality(name).to_string());
+        self.add_extra(index, Extra::Quality(Box::from(name)))
+    }
+
+    /// The slot of data-flow metric `name` in stage `index`, created if new. Their number
+    /// is bounded by the tracker's stages per pipeline (one per upstream stage, plus one).
+    fn flow_slot(&mut self, index: usize, name: Arc<str>) -> u16 {
+        let stage = &self.stages[index];
+        let found = stage
+            .extra
+            .iter()
+            .position(|e| matches!(e, Extra::Flow(n) if **n == *name));
+        match found {
+            Some(i) => (BUILTIN_SLOTS + i) as u16,
+            None => self.add_extra(index, Extra::Flow(name)),
+        }
+    }
+
+    fn add_extra(&mut self, index: usize, extra: Extra) -> u16 {
+        let stage = &self.stages[index];
+        let metric = match &extra {
+            Extra::Quality(q) => MetricName::Quality(q),
+            Extra::Flow(f) => MetricName::Flow(f),
+        };
+        let policy = self.policies.resolve(&stage.path(), &metric.to_string());
         let stage = &mut self.stages[index];
-        stage.quality_names.push(Box::from(name));
+        stage.extra.push(extra);
         stage.series.push(Series {
             policy,
             detectors: DetectorState::default(),
             tracks: [Track::Idle; 2],
         });
-        (BUILTIN_SLOTS + stage.quality_names.len() - 1) as u16
+        (BUILTIN_SLOTS + stage.extra.len() - 1) as u16
     }
 
     fn advance_watermark(&mut self, ts: i64, out: &mut Outputs) {
         let previous = self.watermark_ms.unwrap_or(ts);
         self.watermark_ms = Some(ts.max(previous));
+        // Run deadlines are minutes long: telling the tracker once a second of event
+        // time is soon enough, and spares a lock per event.
+        if let Some((flow, source)) = &self.flow {
+            if ts >= self.flow_clock_ms.saturating_add(1000) {
+                self.flow_clock_ms = ts;
+                crate::flow::lock(flow).advance(*source, ts, &mut out.alerts);
+            }
+        }
         let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
         // After a jump far ahead (a long gap in the data), close the buckets that hold
         // data and the last `history_len` empty ones, and pass over the rest: they
@@ -633,6 +712,9 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.budget.give_back(self.stages.len());
+        if let Some((flow, source)) = &self.flow {
+            crate::flow::lock(flow).remove_source(*source);
+        }
     }
 }
 
@@ -669,7 +751,7 @@ fn stop_judging(
         }
     }
     for slot in slots {
-        let metric = metric_name(&stage.quality_names, slot);
+        let metric = metric_name(&stage.extra, slot);
         for side in 0..2 {
             let track = std::mem::take(&mut stage.series[slot].tracks[side]);
             if let Track::Firing {
@@ -773,11 +855,11 @@ impl Closer<'_> {
         let relearned = stage.series[slot]
             .detectors
             .learn(policy, value, verdict.unusual, band);
-        let metric = metric_name(&stage.quality_names, slot);
+        let metric = metric_name(&stage.extra, slot);
         // Built-in metrics are never negative, so neither is the band shown for them; a
         // quality figure may be, and is shown as computed.
         let floor = match metric {
-            MetricName::Builtin(_) => 0.0,
+            MetricName::Builtin(_) | MetricName::Flow(_) => 0.0,
             MetricName::Quality(_) => f64::NEG_INFINITY,
         };
         if self.emit_scores && !value.is_nan() {

@@ -24,6 +24,7 @@ pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod engine;
+pub mod flow;
 pub mod kafka;
 pub mod live;
 pub mod metric;

@@ -52,6 +52,10 @@ pub const BUILTIN_SLOTS: usize = Builtin::ALL.len();
 pub enum MetricName<'a> {
     Builtin(Builtin),
     Quality(&'a str),
+    /// A data-flow figure, by its full name: `hop_delay.<upstream stage>` (seconds from
+    /// the upstream stage's end to this stage's start) or `e2e_latency` (seconds from a
+    /// run's first start to its end at this stage). See `crate::flow`.
+    Flow(&'a str),
 }
 
 impl fmt::Display for MetricName<'_> {
@@ -59,6 +63,7 @@ impl fmt::Display for MetricName<'_> {
         match self {
             MetricName::Builtin(b) => f.write_str(b.name()),
             MetricName::Quality(q) => write!(f, "quality.{q}"),
+            MetricName::Flow(name) => f.write_str(name),
         }
     }
 }
@@ -74,6 +79,12 @@ pub enum AlertKind {
     RejectedRate,
     Latency,
     Quality,
+    /// A downstream stage read fewer records than its upstream stages wrote, in one run.
+    DataLoss,
+    /// A run reached a stage but not the next one within the hop's learned deadline.
+    StuckRun,
+    /// A stage failed a run, and no retry succeeded within `flow.stuck_min`.
+    FailedRun,
 }
 
 impl AlertKind {
@@ -87,6 +98,9 @@ impl AlertKind {
             AlertKind::RejectedRate => "rejected_rate",
             AlertKind::Latency => "latency",
             AlertKind::Quality => "quality",
+            AlertKind::DataLoss => "data_loss",
+            AlertKind::StuckRun => "stuck_run",
+            AlertKind::FailedRun => "failed_run",
         }
     }
 
@@ -105,6 +119,7 @@ impl AlertKind {
             MetricName::Builtin(Builtin::RejectedRate) => AlertKind::RejectedRate,
             MetricName::Builtin(_) => AlertKind::Latency,
             MetricName::Quality(_) => AlertKind::Quality,
+            MetricName::Flow(_) => AlertKind::Latency,
         }
     }
 }

@@ -301,7 +301,12 @@ impl Worker {
                 partition,
             },
             // Scores feed the live view (API, dashboard, per-stage gauges).
-            engine: Engine::with_budget(&self.settings, true, self.budget.clone()),
+            engine: Engine::with_shared(
+                &self.settings,
+                true,
+                self.budget.clone(),
+                self.live.flow.clone(),
+            ),
             next_offset: None,
             committed: None,
             warm_until: None,

@@ -250,12 +250,29 @@ fn summary(f: &AlertFacts, status: AlertStatus, bucket_ms: i64) -> String {
             percent(f.lower),
             percent(f.upper),
         ),
+        AlertKind::Latency if f.metric == "e2e_latency" => (
+            "end-to-end latency".to_string(),
+            format!("{} s", human_number(f.value)),
+            human_number(f.lower),
+            format!("{} s", human_number(f.upper)),
+        ),
+        AlertKind::Latency if f.metric.starts_with("hop_delay.") => (
+            format!("hand-over delay from {}", &f.metric["hop_delay.".len()..]),
+            format!("{} s", human_number(f.value)),
+            human_number(f.lower),
+            format!("{} s", human_number(f.upper)),
+        ),
         AlertKind::Latency => (
             "p95 duration".to_string(),
             format!("{} ms", human_number(f.value)),
             human_number(f.lower),
             format!("{} ms", human_number(f.upper)),
         ),
+        // Data-flow alerts describe a run, not a bucket: `crate::flow` writes their
+        // summaries; this one only stands until it does.
+        AlertKind::DataLoss | AlertKind::StuckRun | AlertKind::FailedRun => {
+            return format!("{}/{} {}", f.pipeline, f.stage, f.kind.as_str());
+        }
         AlertKind::Quality => (
             f.metric.to_string(),
             human_number(f.value),

@@ -18,6 +18,7 @@ use crate::alert::{Alert, AlertStatus};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::Outputs;
+use crate::flow::{FlowTracker, SharedFlow};
 use crate::telemetry::Telemetry;
 
 use alerts::{AlertBook, Change};
@@ -54,6 +55,8 @@ pub struct Live {
     pub alerts: AlertBook,
     pub silences: Silences,
     pub telemetry: Telemetry,
+    /// Runs across stages and the pipelines' lineage, shared with the engines.
+    pub flow: Option<SharedFlow>,
     pub driver: Driver,
     /// Bearer token of the write endpoints; empty: they are off.
     pub api_token: String,
@@ -68,6 +71,7 @@ impl Live {
             alerts: AlertBook::new(settings.http.recent_alerts),
             silences: Silences::new(settings.http.max_silences),
             telemetry: Telemetry::new(),
+            flow: FlowTracker::shared(settings),
             driver,
             api_token: settings.http.api_token.clone(),
             metrics_max_stages: settings.http.metrics_max_stages,
