@@ -266,9 +266,10 @@ mod tests {
         for d in 1..=112 {
             hop.record(d * 10);
         }
-        // The ring holds the last 64 (490..=1120), and the figure was refreshed at the
-        // 112th: the 61st of those 64.
-        assert_eq!(hop.p95_ms(), 1090.0);
+        // The ring holds the last 64 delays, and the figure is refreshed every 16: the
+        // 61st of 64 consecutive ones ending at most 16 before the newest (1120).
+        let p95 = hop.p95_ms();
+        assert!((930.0..=1090.0).contains(&p95), "{p95}");
         assert_eq!(hop.carried, 112);
     }
 
