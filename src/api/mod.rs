@@ -5,6 +5,7 @@
 //! or a scrape can never hold up detection. Responses carry `nosniff`, and everything
 //! that came from events is JSON-encoded, so a hostile stage name stays text.
 
+mod flow;
 mod health;
 mod metrics;
 mod silences;
@@ -38,6 +39,8 @@ pub fn router(live: Arc<Live>) -> Router {
         // The link that alerts carry; the stage's JSON until a dashboard page serves it.
         .route("/stages/{pipeline}/{stage}", get(stages::one))
         .route("/api/v1/alerts", get(stages::alerts))
+        .route("/api/v1/runs/{correlation_id}", get(flow::run))
+        .route("/api/v1/pipelines/{pipeline}/graph", get(flow::graph))
         .route(
             "/api/v1/silences",
             get(silences::list).post(silences::create),
