@@ -713,7 +713,9 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.budget.give_back(self.stages.len());
         if let Some((flow, source)) = &self.flow {
-            crate::flow::lock(flow).remove_source(*source);
+            // Not `flow::lock`: a drop while unwinding must not panic again.
+            let mut tracker = flow.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            tracker.remove_source(*source);
         }
     }
 }

@@ -28,11 +28,15 @@ struct Replayed {
 }
 
 fn replay_week(seed: u64, disorder: Duration) -> Replayed {
+    replay(seed, disorder, FaultPlan::Default)
+}
+
+fn replay(seed: u64, disorder: Duration, faults: FaultPlan) -> Replayed {
     let settings = Settings::defaults();
     let mut sim = Simulation::new(SimOptions {
         seed,
         duration: Duration::from_secs(DAYS * 86_400),
-        faults: FaultPlan::Default,
+        faults,
         disorder,
         ..SimOptions::default()
     })
@@ -161,4 +165,17 @@ fn a_week_with_every_fault_kind() {
 #[test]
 fn another_seed_delivered_out_of_order() {
     check(&replay_week(7, Duration::from_secs(20)));
+}
+
+#[test]
+fn a_healthy_week_has_no_lost_stuck_or_failed_runs() {
+    let run = replay(42, Duration::from_secs(20), FaultPlan::None);
+    let flow: Vec<String> = run
+        .alerts
+        .iter()
+        .filter(|a| ["data_loss", "stuck_run", "failed_run"].contains(&a.kind))
+        .map(|a| format!("{} {}/{} {}", a.kind, a.pipeline, a.stage, a.summary))
+        .collect();
+    println!("{} alerts in a fault-free week", run.alerts.len());
+    assert!(flow.is_empty(), "{flow:#?}");
 }

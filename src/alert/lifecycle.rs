@@ -142,8 +142,10 @@ impl Track {
                 },
                 Observation::Normal,
             ) => {
+                // Never before it started: data-flow observations are runs, and a run can
+                // end in the bucket whose end the alert started at.
                 let normal_since_ms = if normal == 0 {
-                    start_ms
+                    start_ms.max(started_ms)
                 } else {
                     normal_since_ms
                 };

@@ -1,0 +1,306 @@
+//! Data-flow tracking through the engine: runs of a two-stage pipeline `p` (`a` feeds
+//! `b`), one a minute, made by hand so each test knows exactly what happened to which run.
+
+use pipewatch::alert::{Alert, AlertStatus};
+use pipewatch::config::Settings;
+use pipewatch::engine::{Engine, Outputs};
+
+/// 2026-11-01T00:00:00Z
+const T0: i64 = 1_761_955_200_000;
+const MINUTE: i64 = 60_000;
+
+struct Hop {
+    /// `a`'s end, from the run's minute start.
+    a_end_ms: i64,
+    /// `b`'s start after `a`'s end.
+    delay_ms: i64,
+    a_out: u64,
+    b_in: Option<u64>,
+    b_status: &'static str,
+}
+
+fn normal() -> Hop {
+    Hop {
+        a_end_ms: 5_000,
+        delay_ms: 2_000,
+        a_out: 1_000,
+        b_in: Some(1_000),
+        b_status: "success",
+    }
+}
+
+struct Pipeline {
+    engine: Engine,
+    out: Outputs,
+    alerts: Vec<Alert>,
+}
+
+impl Pipeline {
+    fn new(edit: &[(&str, &str)]) -> Pipeline {
+        let env = edit.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let settings = Settings::load_with_env(None, env).expect("valid settings");
+        Pipeline {
+            engine: Engine::new(&settings, false),
+            out: Outputs::default(),
+            alerts: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, json: String) {
+        self.engine.ingest(json.as_bytes(), i64::MAX, &mut self.out);
+        self.alerts.append(&mut self.out.alerts);
+    }
+
+    /// Run number `n` at minute `n`: `a`, then `b` unless it has no `b_in`.
+    fn run(&mut self, n: i64, hop: Hop) {
+        let start = T0 + n * MINUTE;
+        let a_end = start + hop.a_end_ms;
+        self.send(format!(
+            r#"{{"pipeline":"p","stage":"a","timestamp":{a_end},"correlation_id":"run-{n}","duration_ms":4000,"records_in":{},"records_out":{}}}"#,
+            hop.a_out, hop.a_out
+        ));
+        if let Some(b_in) = hop.b_in {
+            let b_end = a_end + hop.delay_ms + 3_000;
+            self.send(format!(
+                r#"{{"pipeline":"p","stage":"b","timestamp":{b_end},"correlation_id":"run-{n}","duration_ms":3000,"status":"{}","records_in":{b_in},"records_out":{b_in}}}"#,
+                hop.b_status
+            ));
+        }
+    }
+
+    fn of_kind(&self, kind: &str) -> Vec<&Alert> {
+        self.alerts.iter().filter(|a| a.kind == kind).collect()
+    }
+}
+
+#[test]
+fn records_lost_between_two_stages_alert_with_both_stages_and_the_counts() {
+    let mut p = Pipeline::new(&[]);
+    for n in 0..30 {
+        p.run(n, normal());
+    }
+    assert!(p.of_kind("data_loss").is_empty(), "nothing lost yet");
+    p.run(
+        30,
+        Hop {
+            b_in: Some(700),
+            ..normal()
+        },
+    );
+    let lost = p.of_kind("data_loss");
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    let alert = lost[0];
+    assert_eq!(alert.status, AlertStatus::Firing);
+    assert_eq!((alert.pipeline.as_str(), alert.stage.as_str()), ("p", "b"));
+    assert_eq!(alert.labels["upstream_stage"], "a");
+    assert_eq!(alert.annotations["records_lost"], "300");
+    assert_eq!(alert.annotations["upstream_records_out"], "1000");
+    assert_eq!(alert.correlation_ids, ["run-30"]);
+    assert!(
+        alert.summary.contains("300 lost (30%)"),
+        "{}",
+        alert.summary
+    );
+    assert_eq!(alert.severity, "critical");
+
+    for n in 31..34 {
+        p.run(n, normal());
+    }
+    let lost = p.of_kind("data_loss");
+    assert_eq!(
+        lost.len(),
+        2,
+        "resolved after alerts.resolve_after clean runs"
+    );
+    assert_eq!(lost[1].status, AlertStatus::Resolved);
+}
+
+#[test]
+fn a_loss_within_the_tolerance_is_not_one() {
+    let mut p = Pipeline::new(&[("PIPEWATCH__FLOW__LOSS_TOLERANCE", "0.01")]);
+    for n in 0..30 {
+        p.run(
+            n,
+            Hop {
+                b_in: Some(if n % 2 == 0 { 995 } else { 1_000 }),
+                ..normal()
+            },
+        );
+    }
+    assert!(p.of_kind("data_loss").is_empty());
+}
+
+#[test]
+fn a_run_that_stops_halfway_is_stuck_once_its_hop_deadline_passes() {
+    let mut p = Pipeline::new(&[]);
+    for n in 0..20 {
+        p.run(n, normal());
+    }
+    p.run(
+        20,
+        Hop {
+            b_in: None,
+            ..normal()
+        },
+    );
+    // Later runs move event time on; the deadline is stuck_min (2m) here, the hop's
+    // usual 5 s times three being less.
+    p.run(21, normal());
+    assert!(p.of_kind("stuck_run").is_empty(), "not yet: 1 minute on");
+    p.run(22, normal());
+    let stuck = p.of_kind("stuck_run");
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    let alert = stuck[0];
+    assert_eq!(alert.status, AlertStatus::Firing);
+    assert_eq!(alert.stage, "b");
+    assert_eq!(alert.labels["upstream_stage"], "a");
+    assert_eq!(alert.correlation_ids, ["run-20"]);
+    assert!(
+        alert
+            .summary
+            .contains("run run-20 of p left a but has not reached b after 2m"),
+        "{}",
+        alert.summary
+    );
+    p.run(23, normal());
+    let stuck = p.of_kind("stuck_run");
+    assert_eq!(
+        stuck.len(),
+        2,
+        "resolved after alerts.resolve_after runs in time"
+    );
+    assert_eq!(stuck[1].status, AlertStatus::Resolved);
+    assert!(
+        stuck[1].ends_at >= Some(stuck[1].starts_at),
+        "{:?}",
+        stuck[1]
+    );
+}
+
+#[test]
+fn a_failure_alerts_unless_a_retry_succeeds() {
+    let mut p = Pipeline::new(&[]);
+    for n in 0..10 {
+        p.run(n, normal());
+    }
+    // Run 10 fails at b, and is retried with success a minute later: no alert.
+    p.run(
+        10,
+        Hop {
+            b_status: "failure",
+            ..normal()
+        },
+    );
+    p.send(format!(
+        r#"{{"pipeline":"p","stage":"b","timestamp":{},"correlation_id":"run-10","duration_ms":3000,"records_in":1000,"records_out":1000}}"#,
+        T0 + 11 * MINUTE + 30_000
+    ));
+    // Run 12 fails at b for good.
+    for n in 11..12 {
+        p.run(n, normal());
+    }
+    p.run(
+        12,
+        Hop {
+            b_status: "failure",
+            ..normal()
+        },
+    );
+    for n in 13..15 {
+        p.run(n, normal());
+    }
+    let failed = p.of_kind("failed_run");
+    assert_eq!(
+        failed.len(),
+        1,
+        "only run 12, once stuck_min passed: {failed:?}"
+    );
+    assert_eq!(failed[0].status, AlertStatus::Firing);
+    assert_eq!(failed[0].correlation_ids, ["run-12"]);
+    assert_eq!(failed[0].stage, "b");
+    assert!(
+        failed[0].summary.contains("failed run run-12"),
+        "{}",
+        failed[0].summary
+    );
+}
+
+#[test]
+fn a_slower_hop_alerts_as_latency_on_its_delay_metric() {
+    let mut p = Pipeline::new(&[]);
+    for n in 0..60 {
+        p.run(
+            n,
+            Hop {
+                delay_ms: 2_000 + (n % 5) * 200,
+                ..normal()
+            },
+        );
+    }
+    assert!(p.of_kind("latency").is_empty());
+    for n in 60..65 {
+        p.run(
+            n,
+            Hop {
+                delay_ms: 40_000,
+                ..normal()
+            },
+        );
+    }
+    let slow = p.of_kind("latency");
+    let hop: Vec<&&Alert> = slow.iter().filter(|a| a.metric == "hop_delay.a").collect();
+    assert!(!hop.is_empty(), "{slow:?}");
+    assert_eq!(hop[0].stage, "b");
+    assert!(
+        hop[0].summary.contains("hand-over delay from a rose to"),
+        "{}",
+        hop[0].summary
+    );
+}
+
+#[test]
+fn runs_are_bounded_in_number_and_time() {
+    let settings = Settings::load_with_env(
+        None,
+        [
+            ("PIPEWATCH__FLOW__MAX_RUNS", "50"),
+            ("PIPEWATCH__FLOW__RUN_TTL", "30m"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    let flow = pipewatch::flow::FlowTracker::shared(&settings).unwrap();
+    let mut engine = pipewatch::engine::Engine::with_shared(
+        &settings,
+        false,
+        pipewatch::engine::StageBudget::new(100),
+        Some(flow.clone()),
+    );
+    let mut out = Outputs::default();
+    for n in 0..200 {
+        let json = format!(
+            r#"{{"pipeline":"p","stage":"a","timestamp":{},"correlation_id":"run-{n}"}}"#,
+            T0 + n * 1000
+        );
+        engine.ingest(json.as_bytes(), i64::MAX, &mut out);
+    }
+    {
+        let tracker = pipewatch::flow::lock(&flow);
+        assert_eq!(tracker.tracked_runs(), 50);
+        assert_eq!(tracker.stats().runs_started, 200);
+        assert_eq!(tracker.stats().runs_evicted, 150, "the oldest go first");
+        assert!(tracker.traces("run-10").is_empty());
+        assert_eq!(tracker.traces("run-199").len(), 1);
+    }
+    // An hour later, every run has expired.
+    let json = format!(
+        r#"{{"pipeline":"p","stage":"a","timestamp":{},"correlation_id":"late"}}"#,
+        T0 + 3_600_000
+    );
+    engine.ingest(json.as_bytes(), i64::MAX, &mut out);
+    let tracker = pipewatch::flow::lock(&flow);
+    assert_eq!(tracker.tracked_runs(), 1, "only the newest");
+    let stats = tracker.stats();
+    assert!(stats.runs_expired >= 49, "{stats:?}");
+    assert_eq!(stats.runs_evicted + stats.runs_expired, 200, "{stats:?}");
+}
