@@ -87,6 +87,11 @@ fn records_lost_between_two_stages_alert_with_both_stages_and_the_counts() {
             ..normal()
         },
     );
+    assert!(
+        p.of_kind("data_loss").is_empty(),
+        "a run is judged once it settles (its end plus the allowed lateness)"
+    );
+    p.run(31, normal());
     let lost = p.of_kind("data_loss");
     assert_eq!(lost.len(), 1, "{lost:?}");
     let alert = lost[0];
@@ -103,7 +108,7 @@ fn records_lost_between_two_stages_alert_with_both_stages_and_the_counts() {
     );
     assert_eq!(alert.severity, "critical");
 
-    for n in 31..34 {
+    for n in 32..35 {
         p.run(n, normal());
     }
     let lost = p.of_kind("data_loss");

@@ -331,7 +331,6 @@ fn alerts_in(messages: &[rdkafka::message::OwnedMessage]) -> Vec<Value> {
 fn unmatched_faults(labels: &[FaultLabel], alerts: &[Value]) -> Vec<String> {
     labels
         .iter()
-        .filter(|l| l.expected_alert != "data_loss")
         .filter(|l| {
             !alerts.iter().any(|a| {
                 a["status"] == "firing"

@@ -182,6 +182,15 @@ impl PipelineFlow {
             .find(|h| h.from == from)
     }
 
+    /// A run no longer says `from` comes right before `to` (a stage between them
+    /// reported late).
+    pub fn unlearn(&mut self, from: u16, to: u16) {
+        let learned = &mut self.stages[to as usize].learned;
+        if let Some((_, n)) = learned.iter_mut().find(|(f, _)| *f == from) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     pub fn learn(&mut self, from: u16, to: u16) {
         let learned = &mut self.stages[to as usize].learned;
         match learned.iter_mut().find(|(f, _)| *f == from) {

@@ -79,6 +79,8 @@ struct Visit {
     status: Status,
     /// Stuck or failed is reported once per run and stage.
     reported: bool,
+    /// Its records were compared with its upstream stages' (once per run and stage).
+    loss_checked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +88,8 @@ struct Run {
     pipeline: u32,
     correlation_id: Box<str>,
     visits: Vec<Visit>,
+    /// The lineage edges this run counts for (see [`relearn`]).
+    edges: Vec<(u16, u16)>,
     last_ms: i64,
 }
 
@@ -129,6 +133,9 @@ pub struct FlowTracker {
     order: VecDeque<u64>,
     next_run: u64,
     checks: BinaryHeap<Reverse<(i64, Check)>>,
+    /// Visits waiting to settle: (when, run, stage), oldest first.
+    settling: VecDeque<(i64, u64, u16)>,
+    lateness_ms: i64,
     /// Each source's watermark; the clock is the slowest.
     sources: Vec<Option<i64>>,
     now_ms: i64,
@@ -157,6 +164,8 @@ impl FlowTracker {
             order: VecDeque::new(),
             next_run: 0,
             checks: BinaryHeap::new(),
+            settling: VecDeque::new(),
+            lateness_ms: settings.lateness_ms(),
             sources: Vec::new(),
             now_ms: i64::MIN,
             stats: FlowStats::default(),
@@ -232,6 +241,7 @@ impl FlowTracker {
             records_rejected: event.records_rejected,
             status: event.status,
             reported: false,
+            loss_checked: false,
         };
         let run_id = self.run_id(pipeline, correlation_id, end_ms);
         self.visit(run_id, visit, figures, alerts);
@@ -270,6 +280,7 @@ impl FlowTracker {
                 pipeline,
                 correlation_id: Box::from(correlation_id),
                 visits: Vec::with_capacity(4),
+                edges: Vec::new(),
                 last_ms: ts_ms,
             },
         );
@@ -314,13 +325,12 @@ impl FlowTracker {
 
         // A stage's visit is complete when it succeeds (or skips); failures and retries
         // before that are attempts, and the visit starts with the first of them.
-        let attempt = matches!(visit.status, Status::Failure | Status::Retry);
+        let attempt = is_attempt(&visit);
         let mut visit = visit;
         match run.visits.iter().position(|v| v.stage == stage) {
             Some(i) => {
                 let earlier = run.visits[i];
-                let was_attempt = matches!(earlier.status, Status::Failure | Status::Retry);
-                if !was_attempt || attempt {
+                if !is_attempt(&earlier) || attempt {
                     // A duplicate report, or one more attempt: nothing new.
                     return;
                 }
@@ -328,29 +338,15 @@ impl FlowTracker {
                 run.visits[i] = visit;
             }
             None => {
-                // Learn the lineage: the stages that ended before this one started, with
-                // no other stage of the run between them and it, come right before it.
-                let before: Vec<Visit> = run
-                    .visits
-                    .iter()
-                    .filter(|v| v.end_ms <= visit.start_ms && !is_attempt(v))
-                    .copied()
-                    .collect();
-                for v in &before {
-                    let between = before
-                        .iter()
-                        .any(|w| w.stage != v.stage && w.start_ms >= v.end_ms);
-                    if !between {
-                        p.learn(v.stage, stage);
-                    }
-                }
                 let runs = &mut p.stages[stage as usize].runs;
                 *runs = runs.saturating_add(1);
                 run.visits.push(visit);
                 if attempt {
                     if visit.status == Status::Failure {
                         let wait = self.settings.stuck_min.as_millis() as i64;
-                        if let Some(due) = self.checks_due(visit.end_ms, wait) {
+                        if let Some(due) =
+                            check_due(&self.checks, self.settings.max_runs, visit.end_ms, wait)
+                        {
                             self.checks
                                 .push(Reverse((due, Check::Recovery { run: run_id, stage })));
                         }
@@ -359,27 +355,18 @@ impl FlowTracker {
                 }
             }
         }
-
-        // Hops into this stage: delays, arrival within the deadline, lost records.
+        // The hops into this stage: delays, and arrival within the deadline.
         let mut upstream = std::mem::take(&mut self.scratch);
         p.upstream(stage, self.min_runs, &mut upstream);
-        let mut fed = Some(0u64);
-        let mut all_upstream = !upstream.is_empty();
         let mut arrived_in_time = None;
         for &from in &upstream {
-            let Some(up) = run
-                .visits
-                .iter()
-                .find(|v| v.stage == from && !is_attempt(v))
-            else {
-                all_upstream = false;
+            let Some(up) = completed(run, from) else {
                 continue;
             };
             let hop = p.hop_mut(from, stage);
             let arrival_ms = visit.end_ms - up.end_ms;
-            let trained = hop.carried >= self.min_runs;
-            let deadline = deadline_ms(&self.settings, hop.p95_ms());
-            if trained {
+            if hop.carried >= self.min_runs {
+                let deadline = deadline_ms(&self.settings, hop.p95_ms());
                 arrived_in_time = Some(arrived_in_time.unwrap_or(true) && arrival_ms <= deadline);
             }
             hop.record(arrival_ms);
@@ -387,16 +374,55 @@ impl FlowTracker {
                 Arc::clone(&p.stages[from as usize].hop_metric),
                 (visit.start_ms - up.end_ms).max(0) as f64 / 1000.0,
             ));
-            fed = fed.zip(up.records_out).map(|(a, b)| a + b);
         }
-        let corr = run.correlation_id.clone();
-        let pipeline = run.pipeline;
-        let first_start = run
-            .visits
-            .iter()
-            .map(|v| v.start_ms)
-            .min()
-            .unwrap_or(visit.start_ms);
+
+        // A final stage measures the run's end-to-end latency, once every stage before
+        // it has reported (partitions deliver a run's stages in any order).
+        let mut downstream = Vec::new();
+        p.downstream(stage, self.min_runs, &mut downstream);
+        if downstream.is_empty() && p.stages[stage as usize].runs >= self.min_runs {
+            if let Some(first_start) = ancestry_start(p, run, stage, self.min_runs) {
+                figures.push((
+                    Arc::clone(&self.e2e_metric),
+                    (visit.end_ms - first_start).max(0) as f64 / 1000.0,
+                ));
+            }
+        }
+
+        // What needs every stage before this one: once no event that ended before
+        // this one can still arrive (the clock, the slowest partition's event time, past
+        // its end plus the allowed lateness), the run settles here (see `settle`).
+        if self.settling.len() < 4 * self.settings.max_runs {
+            self.settling
+                .push_back((visit.end_ms + self.lateness_ms, run_id, stage));
+        }
+
+        // Deadlines for the stages this one feeds that the run has not reached.
+        for &to in &downstream {
+            if run.visits.iter().any(|v| v.stage == to) {
+                continue;
+            }
+            let Some(hop) = p.hop(stage, to).filter(|h| h.carried >= self.min_runs) else {
+                continue;
+            };
+            let deadline = deadline_ms(&self.settings, hop.p95_ms());
+            if let Some(due) =
+                check_due(&self.checks, self.settings.max_runs, visit.end_ms, deadline)
+            {
+                self.checks.push(Reverse((
+                    due,
+                    Check::Arrival {
+                        run: run_id,
+                        from: stage,
+                        to,
+                    },
+                )));
+            }
+        }
+        self.scratch = upstream;
+
+        let run = &self.runs[&run_id];
+        let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
         if arrived_in_time == Some(true) {
             self.observe_stuck(
                 pipeline,
@@ -411,51 +437,43 @@ impl FlowTracker {
         if visit.status == Status::Success {
             self.observe_failed(pipeline, stage, &corr, visit, false, alerts);
         }
-        if all_upstream {
-            if let (Some(fed), Some(read)) = (fed, visit.records_in) {
-                self.observe_loss(pipeline, stage, &upstream, &corr, visit, fed, read, alerts);
-            }
-        }
-
-        // What comes next: deadlines for the stages this one feeds; a final stage
-        // measures the run's end-to-end latency.
-        let p = &self.pipelines[pipeline as usize];
-        p.downstream(stage, self.min_runs, &mut upstream);
-        if upstream.is_empty() {
-            if p.stages[stage as usize].runs >= self.min_runs {
-                figures.push((
-                    Arc::clone(&self.e2e_metric),
-                    (visit.end_ms - first_start).max(0) as f64 / 1000.0,
-                ));
-            }
-        } else {
-            for &to in &upstream {
-                let Some(hop) = p.hop(stage, to).filter(|h| h.carried >= self.min_runs) else {
-                    continue;
-                };
-                let deadline = deadline_ms(&self.settings, hop.p95_ms());
-                if let Some(due) = self.checks_due(visit.end_ms, deadline) {
-                    self.checks.push(Reverse((
-                        due,
-                        Check::Arrival {
-                            run: run_id,
-                            from: stage,
-                            to,
-                        },
-                    )));
-                }
-            }
-        }
-        self.scratch = upstream;
     }
 
-    /// When a check made at `from_ms` for `after_ms` is due, if it is worth making.
-    fn checks_due(&self, from_ms: i64, after_ms: i64) -> Option<i64> {
-        // Bounded like the runs: a flood of checks for runs long gone is not kept.
-        if after_ms > MAX_DEADLINE_MS || self.checks.len() >= 4 * self.settings.max_runs {
-            return None;
+    /// A run's visit of `stage` has settled: every stage that ended before it has
+    /// reported, whatever partitions they came through. Only now does the run count for
+    /// the lineage and are its records compared with its upstream stages'.
+    fn settle(&mut self, run_id: u64, stage: u16, alerts: &mut Vec<Alert>) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        let p = &mut self.pipelines[run.pipeline as usize];
+        relearn(p, run);
+        let Some(i) = run
+            .visits
+            .iter()
+            .position(|v| v.stage == stage && !is_attempt(v))
+        else {
+            return;
+        };
+        let mut upstream = Vec::new();
+        p.upstream(stage, self.min_runs, &mut upstream);
+        if upstream.is_empty() || run.visits[i].loss_checked {
+            return;
         }
-        Some(from_ms.saturating_add(after_ms))
+        let ups: Option<Vec<Visit>> = upstream.iter().map(|&u| completed(run, u)).collect();
+        let Some(ups) = ups else {
+            return;
+        };
+        let fed = ups
+            .iter()
+            .try_fold(0u64, |sum, u| Some(sum + u.records_out?));
+        let (Some(fed), Some(read)) = (fed, run.visits[i].records_in) else {
+            return;
+        };
+        run.visits[i].loss_checked = true;
+        let visit = run.visits[i];
+        let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
+        self.observe_loss(pipeline, stage, &upstream, &corr, visit, fed, read, alerts);
     }
 
     /// Moves source `source`'s watermark to `watermark_ms`; the clock (the slowest
@@ -471,6 +489,15 @@ impl FlowTracker {
             return;
         }
         self.now_ms = now;
+        // Nearly in order (visits arrive within the lateness of each other), so a queue
+        // rather than a heap: one settling a little late costs nothing.
+        while let Some(&(due, run, stage)) = self.settling.front() {
+            if due > now {
+                break;
+            }
+            self.settling.pop_front();
+            self.settle(run, stage, alerts);
+        }
         while let Some(&Reverse((due, check))) = self.checks.peek() {
             if due > now {
                 break;
@@ -847,6 +874,83 @@ fn deadline_ms(settings: &FlowSettings, p95_ms: f64) -> i64 {
     (p95_ms * settings.stuck_factor)
         .max(floor)
         .min(MAX_DEADLINE_MS as f64) as i64
+}
+
+/// When a check made at `from_ms` for `after_ms` is due, if it is worth making.
+fn check_due(
+    checks: &BinaryHeap<Reverse<(i64, Check)>>,
+    max_runs: usize,
+    from_ms: i64,
+    after_ms: i64,
+) -> Option<i64> {
+    // Bounded like the runs: a flood of checks for runs long gone is not kept.
+    if after_ms > MAX_DEADLINE_MS || checks.len() >= 4 * max_runs {
+        return None;
+    }
+    Some(from_ms.saturating_add(after_ms))
+}
+
+/// Counts what this run says of the lineage: a stage that ended before another started,
+/// with no stage of the run in between, comes right before it. Visits arrive in any order
+/// (a run's stages are on different partitions), so the run's edges are recomputed from
+/// all its visits and only the difference is counted: the outcome does not depend on the
+/// order of arrival.
+fn relearn(p: &mut PipelineFlow, run: &mut Run) {
+    let done: Vec<&Visit> = run.visits.iter().filter(|v| !is_attempt(v)).collect();
+    let mut edges = Vec::new();
+    for b in &done {
+        let before: Vec<&&Visit> = done
+            .iter()
+            .filter(|v| v.stage != b.stage && v.end_ms <= b.start_ms)
+            .collect();
+        for v in &before {
+            let between = before
+                .iter()
+                .any(|w| w.stage != v.stage && w.start_ms >= v.end_ms);
+            if !between {
+                edges.push((v.stage, b.stage));
+            }
+        }
+    }
+    for &(from, to) in &run.edges {
+        if !edges.contains(&(from, to)) {
+            p.unlearn(from, to);
+        }
+    }
+    for &(from, to) in &edges {
+        if !run.edges.contains(&(from, to)) {
+            p.learn(from, to);
+        }
+    }
+    run.edges = edges;
+}
+
+/// The completed visit of `stage` in `run`.
+fn completed(run: &Run, stage: u16) -> Option<Visit> {
+    run.visits
+        .iter()
+        .find(|v| v.stage == stage && !is_attempt(v))
+        .copied()
+}
+
+/// The earliest start among `stage` and every stage upstream of it, transitively, if all
+/// of them have completed in `run`.
+fn ancestry_start(p: &PipelineFlow, run: &Run, stage: u16, min_runs: u32) -> Option<i64> {
+    let mut seen = vec![stage];
+    let mut next = vec![stage];
+    let mut start = i64::MAX;
+    let mut ups = Vec::new();
+    while let Some(s) = next.pop() {
+        start = start.min(completed(run, s)?.start_ms);
+        p.upstream(s, min_runs, &mut ups);
+        for &u in &ups {
+            if !seen.contains(&u) {
+                seen.push(u);
+                next.push(u);
+            }
+        }
+    }
+    Some(start)
 }
 
 /// A failure or retry not (yet) followed by the stage's success.
