@@ -447,8 +447,9 @@ impl Engine {
             self.stats.stage_limit += 1;
             return Outcome::StageLimit;
         };
-        if let (Some((flow, _)), Some(_)) = (&self.flow, &event.correlation_id) {
-            crate::flow::lock(flow).observe(event, &mut self.flow_figures, &mut out.alerts);
+        if let (Some((flow, source)), Some(_)) = (&self.flow, &event.correlation_id) {
+            let mut tracker = crate::flow::lock(flow);
+            tracker.observe(*source, event, &mut self.flow_figures, &mut out.alerts);
         }
         self.add_to_stage(index, event, bucket);
         if let Some(h) = id_hash {
@@ -468,6 +469,10 @@ impl Engine {
     pub fn advance_clock(&mut self, now_ms: i64, out: &mut Outputs) {
         if self.watermark_ms.is_some_and(|wm| now_ms > wm) {
             self.advance_watermark(now_ms, out);
+        } else if let Some((flow, source)) = &self.flow {
+            // A partition with nothing in it is caught up too: it must not hold the
+            // data-flow clock back for ever.
+            crate::flow::lock(flow).advance(*source, now_ms, &mut out.alerts);
         }
     }
 

@@ -102,6 +102,16 @@ enum Check {
     Recovery { run: u64, stage: u16 },
 }
 
+/// Where one source of events (an engine) is in event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceClock {
+    /// Registered, nothing reported yet.
+    Waiting,
+    At(i64),
+    /// Removed; the slot may be reused.
+    Gone,
+}
+
 /// Counters of the tracker, for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FlowStats {
@@ -133,11 +143,11 @@ pub struct FlowTracker {
     order: VecDeque<u64>,
     next_run: u64,
     checks: BinaryHeap<Reverse<(i64, Check)>>,
-    /// Visits waiting to settle: (when, run, stage), oldest first.
-    settling: VecDeque<(i64, u64, u16)>,
+    /// Visits waiting to settle, per source: (when, run, stage), oldest first.
+    settling: Vec<VecDeque<(i64, u64, u16)>>,
     lateness_ms: i64,
     /// Each source's watermark; the clock is the slowest.
-    sources: Vec<Option<i64>>,
+    sources: Vec<SourceClock>,
     now_ms: i64,
     stats: FlowStats,
     e2e_metric: Arc<str>,
@@ -164,7 +174,7 @@ impl FlowTracker {
             order: VecDeque::new(),
             next_run: 0,
             checks: BinaryHeap::new(),
-            settling: VecDeque::new(),
+            settling: Vec::new(),
             lateness_ms: settings.lateness_ms(),
             sources: Vec::new(),
             now_ms: i64::MIN,
@@ -190,16 +200,18 @@ impl FlowTracker {
         self.runs.len()
     }
 
-    /// Registers a source of events (an engine) whose watermark holds the clock back.
+    /// Registers a source of events (an engine): until it reports where it is, and
+    /// then by its watermark, it holds the clock back. A partition not read yet may
+    /// hold the upstream stages of runs that other partitions have already delivered.
     pub fn add_source(&mut self) -> usize {
-        match self.sources.iter().position(|s| s.is_none()) {
+        match self.sources.iter().position(|s| *s == SourceClock::Gone) {
             Some(free) => {
-                // A slot of a source gone: start it unset, as a new one.
-                self.sources[free] = None;
+                self.sources[free] = SourceClock::Waiting;
                 free
             }
             None => {
-                self.sources.push(None);
+                self.sources.push(SourceClock::Waiting);
+                self.settling.push(VecDeque::new());
                 self.sources.len() - 1
             }
         }
@@ -208,7 +220,7 @@ impl FlowTracker {
     /// A source went away (its partition was revoked): it holds nothing back any more.
     pub fn remove_source(&mut self, source: usize) {
         if let Some(s) = self.sources.get_mut(source) {
-            *s = None;
+            *s = SourceClock::Gone;
         }
     }
 
@@ -216,6 +228,7 @@ impl FlowTracker {
     /// to `figures`; alerts (data loss, a run's arrival ending a stuck alert) to `alerts`.
     pub fn observe(
         &mut self,
+        source: usize,
         event: &Event,
         figures: &mut Vec<FlowFigure>,
         alerts: &mut Vec<Alert>,
@@ -244,7 +257,7 @@ impl FlowTracker {
             loss_checked: false,
         };
         let run_id = self.run_id(pipeline, correlation_id, end_ms);
-        self.visit(run_id, visit, figures, alerts);
+        self.visit(source, run_id, visit, figures, alerts);
     }
 
     fn pipeline_id(&mut self, name: &str) -> u32 {
@@ -313,6 +326,7 @@ impl FlowTracker {
 
     fn visit(
         &mut self,
+        source: usize,
         run_id: u64,
         visit: Visit,
         figures: &mut Vec<FlowFigure>,
@@ -355,21 +369,14 @@ impl FlowTracker {
                 }
             }
         }
-        // The hops into this stage: delays, and arrival within the deadline.
+        // The hand-over delays into this stage, as metrics of this stage: measured when
+        // the upstream stage reported first (as it does in replay, and mostly live).
         let mut upstream = std::mem::take(&mut self.scratch);
         p.upstream(stage, self.min_runs, &mut upstream);
-        let mut arrived_in_time = None;
         for &from in &upstream {
             let Some(up) = completed(run, from) else {
                 continue;
             };
-            let hop = p.hop_mut(from, stage);
-            let arrival_ms = visit.end_ms - up.end_ms;
-            if hop.carried >= self.min_runs {
-                let deadline = deadline_ms(&self.settings, hop.p95_ms());
-                arrived_in_time = Some(arrived_in_time.unwrap_or(true) && arrival_ms <= deadline);
-            }
-            hop.record(arrival_ms);
             figures.push((
                 Arc::clone(&p.stages[from as usize].hop_metric),
                 (visit.start_ms - up.end_ms).max(0) as f64 / 1000.0,
@@ -392,9 +399,9 @@ impl FlowTracker {
         // What needs every stage before this one: once no event that ended before
         // this one can still arrive (the clock, the slowest partition's event time, past
         // its end plus the allowed lateness), the run settles here (see `settle`).
-        if self.settling.len() < 4 * self.settings.max_runs {
-            self.settling
-                .push_back((visit.end_ms + self.lateness_ms, run_id, stage));
+        let queue = &mut self.settling[source];
+        if queue.len() < 4 * self.settings.max_runs {
+            queue.push_back((visit.end_ms + self.lateness_ms, run_id, stage));
         }
 
         // Deadlines for the stages this one feeds that the run has not reached.
@@ -423,17 +430,6 @@ impl FlowTracker {
 
         let run = &self.runs[&run_id];
         let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
-        if arrived_in_time == Some(true) {
-            self.observe_stuck(
-                pipeline,
-                stage,
-                None,
-                &corr,
-                visit.start_ms,
-                visit.end_ms,
-                alerts,
-            );
-        }
         if visit.status == Status::Success {
             self.observe_failed(pipeline, stage, &corr, visit, false, alerts);
         }
@@ -460,6 +456,35 @@ impl FlowTracker {
         if upstream.is_empty() || run.visits[i].loss_checked {
             return;
         }
+        // Each hop's delays (upstream end to this end) train its stuck-run deadline; a
+        // run that arrived within it ends a stuck alert.
+        let visit = run.visits[i];
+        let mut arrived_in_time = None;
+        for &from in &upstream {
+            let Some(up) = completed(run, from) else {
+                continue;
+            };
+            let hop = p.hop_mut(from, stage);
+            let arrival_ms = visit.end_ms - up.end_ms;
+            if hop.carried >= self.min_runs {
+                let deadline = deadline_ms(&self.settings, hop.p95_ms());
+                arrived_in_time = Some(arrived_in_time.unwrap_or(true) && arrival_ms <= deadline);
+            }
+            hop.record(arrival_ms);
+        }
+        if arrived_in_time == Some(true) {
+            let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
+            self.observe_stuck(
+                pipeline,
+                stage,
+                None,
+                &corr,
+                visit.start_ms,
+                visit.end_ms,
+                alerts,
+            );
+        }
+        let run = self.runs.get_mut(&run_id).expect("still there");
         let ups: Option<Vec<Visit>> = upstream.iter().map(|&u| completed(run, u)).collect();
         let Some(ups) = ups else {
             return;
@@ -480,23 +505,37 @@ impl FlowTracker {
     /// source) then runs the checks that fall due and forgets expired runs.
     pub fn advance(&mut self, source: usize, watermark_ms: i64, alerts: &mut Vec<Alert>) {
         if let Some(s) = self.sources.get_mut(source) {
-            *s = Some(s.map_or(watermark_ms, |w| w.max(watermark_ms)));
+            *s = match *s {
+                SourceClock::At(w) => SourceClock::At(w.max(watermark_ms)),
+                _ => SourceClock::At(watermark_ms),
+            };
         }
-        let Some(now) = self.sources.iter().flatten().min().copied() else {
+        let mut now = None::<i64>;
+        for s in &self.sources {
+            match *s {
+                SourceClock::Waiting => return,
+                SourceClock::At(w) => now = Some(now.map_or(w, |n| n.min(w))),
+                SourceClock::Gone => {}
+            }
+        }
+        let Some(now) = now else {
             return;
         };
         if now <= self.now_ms {
             return;
         }
         self.now_ms = now;
-        // Nearly in order (visits arrive within the lateness of each other), so a queue
-        // rather than a heap: one settling a little late costs nothing.
-        while let Some(&(due, run, stage)) = self.settling.front() {
-            if due > now {
-                break;
+        // One queue per source: a partition delivers its events nearly in time order
+        // (within the lateness), so a queue rather than a heap, and one settling a little
+        // late costs nothing; but two partitions can be days apart while catching up.
+        for q in 0..self.settling.len() {
+            while let Some(&(due, run, stage)) = self.settling[q].front() {
+                if due > now {
+                    break;
+                }
+                self.settling[q].pop_front();
+                self.settle(run, stage, alerts);
             }
-            self.settling.pop_front();
-            self.settle(run, stage, alerts);
         }
         while let Some(&Reverse((due, check))) = self.checks.peek() {
             if due > now {
