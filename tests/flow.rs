@@ -167,7 +167,9 @@ fn a_run_that_stops_halfway_is_stuck_once_its_hop_deadline_passes() {
         "{}",
         alert.summary
     );
-    p.run(23, normal());
+    for n in 23..25 {
+        p.run(n, normal());
+    }
     let stuck = p.of_kind("stuck_run");
     assert_eq!(
         stuck.len(),
