@@ -18,9 +18,13 @@ use super::{FaultLabel, FaultPlan, SimOptions, Simulation, TimestampFormat};
 pub enum FaultsChoice {
     /// Organic data only.
     None,
-    /// One fault of each kind (see the label file for where and when).
+    /// One fault of each kind but `stuck_run` and `slow_hop` (see the label file for where
+    /// and when).
     #[default]
     Default,
+    /// One `records_lost`, one `stuck_run` and one `slow_hop`, each on its own pipeline: the
+    /// faults of data-flow tracking.
+    Flow,
 }
 
 /// Arguments of `pipewatch simulate`.
@@ -97,6 +101,7 @@ impl SimulateArgs {
             faults: match self.faults {
                 FaultsChoice::None => FaultPlan::None,
                 FaultsChoice::Default => FaultPlan::Default,
+                FaultsChoice::Flow => FaultPlan::Flow,
             },
             disorder: self.disorder,
             timestamp_format: self.timestamp_format,

@@ -32,11 +32,33 @@ pub enum FaultKind {
     QualityDegradation,
     /// The stage reads only 62–83 % of what its upstream wrote, with nothing marked rejected.
     RecordsLost,
+    /// A run stops halfway: for the units whose processing at the stage would start within the
+    /// window, the stage and every stage downstream of it emit nothing, while the stages upstream
+    /// of it emit as usual. The stage must have an upstream. Meant for short windows, so that a
+    /// single batch run or a handful of micro-batches get stuck: the flow plan opens the window
+    /// at a scheduled run and keeps it open half a period (one run) on batch pipelines, and one
+    /// minute (four to ten micro-batches) on streaming ones.
+    ///
+    /// Its label's `start` is when the first stuck run should have reached the stage: the
+    /// timestamp of that unit's upstream event (the latest of them on a stage with several
+    /// upstreams). Its `end` is the timestamp of the stage's first event after the stuck units,
+    /// i.e. of the first unit that gets through again.
+    StuckRun,
+    /// For the units whose processing at the stage would start within the window, the hand-over
+    /// into the stage (from its upstream's end to its own start) takes 11–14 typical hand-overs
+    /// longer than usual, as behind a backlog: about 0.2 s instead of 15 ms on streaming
+    /// pipelines, about 50 s instead of 4 s on batch ones. The stage's processing time, and so
+    /// its `duration_ms`, is unchanged; its events and those of the stages downstream come that
+    /// much later, stretching the pipeline's end-to-end latency. The stage must have an upstream.
+    ///
+    /// Its label's `start` is the timestamp of the stage's first delayed event, its `end` that of
+    /// the stage's first event on time again.
+    SlowHop,
 }
 
 impl FaultKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [FaultKind; 7] = [
+    /// Every kind, in declaration order (the default plan's are in `ASSIGNMENT_ORDER`).
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Drop,
         FaultKind::Spike,
         FaultKind::Silence,
@@ -44,6 +66,8 @@ impl FaultKind {
         FaultKind::LatencyJump,
         FaultKind::QualityDegradation,
         FaultKind::RecordsLost,
+        FaultKind::StuckRun,
+        FaultKind::SlowHop,
     ];
 
     /// The name used in label files and on the command line, e.g. `error_burst`.
@@ -56,6 +80,8 @@ impl FaultKind {
             FaultKind::LatencyJump => "latency_jump",
             FaultKind::QualityDegradation => "quality_degradation",
             FaultKind::RecordsLost => "records_lost",
+            FaultKind::StuckRun => "stuck_run",
+            FaultKind::SlowHop => "slow_hop",
         }
     }
 
@@ -69,7 +95,17 @@ impl FaultKind {
             FaultKind::LatencyJump => "latency",
             FaultKind::QualityDegradation => "quality",
             FaultKind::RecordsLost => "data_loss",
+            FaultKind::StuckRun => "stuck_run",
+            FaultKind::SlowHop => "latency",
         }
+    }
+
+    /// Whether the kind acts on the hand-over from upstream stages, which sources do not have.
+    fn needs_upstream(self) -> bool {
+        matches!(
+            self,
+            FaultKind::RecordsLost | FaultKind::StuckRun | FaultKind::SlowHop
+        )
     }
 }
 
@@ -97,7 +133,8 @@ impl Serialize for FaultKind {
 }
 
 /// One fault to inject: `kind` on (`pipeline`, `stage`) for units of work whose processing at that
-/// stage starts within [`start`, `start + duration`).
+/// stage starts within [`start`, `start + duration`) (would start, for `stuck_run`; would start
+/// without the added delay, for `slow_hop`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FaultSpec {
     /// What goes wrong.
@@ -117,9 +154,14 @@ pub struct FaultSpec {
 pub enum FaultPlan {
     /// No faults: organic data only.
     None,
-    /// One fault of each kind, spread over the run (see [`Simulation`](super::Simulation)).
+    /// One fault of each kind but `stuck_run` and `slow_hop`, spread over the run (see
+    /// [`Simulation`](super::Simulation)).
     #[default]
     Default,
+    /// The faults that data-flow tracking finds: one `records_lost`, one `stuck_run` and one
+    /// `slow_hop`, each on its own pipeline, spread over the run like the default plan (see
+    /// [`Simulation`](super::Simulation)).
+    Flow,
     /// Exactly these faults.
     Explicit(Vec<FaultSpec>),
 }
@@ -127,8 +169,10 @@ pub enum FaultPlan {
 /// Where and when an injected fault actually showed in the events: one line of the label file.
 ///
 /// `start` is the timestamp of the first affected event of the stage (for `silence`, of the first
-/// suppressed event, i.e. when it would have been emitted); `end` is the timestamp of the stage's
-/// first unaffected event after it, or the end of the simulation if there is none.
+/// suppressed event, i.e. when it would have been emitted; for `stuck_run`, of the first stuck
+/// unit's upstream event, i.e. when the run should have reached the stage); `end` is the
+/// timestamp of the stage's first unaffected event after it, or the end of the simulation if
+/// there is none.
 /// `affected_downstream` lists the stages that legitimately change as a consequence (they read
 /// the faulted stage's output, directly or not); every kind but `quality_degradation` can reach
 /// them.
@@ -168,7 +212,8 @@ pub(crate) struct ActiveFault {
     pub start_ms: i64,
     pub end_ms: i64,
     /// Kind-specific size: a volume factor (drop, spike, records_lost), an error fraction
-    /// (error_burst), a duration factor (latency_jump) or a null rate (quality_degradation).
+    /// (error_burst), a duration factor (latency_jump), a null rate (quality_degradation) or
+    /// the hand-over delay added, in typical hand-overs (slow_hop).
     pub magnitude: f64,
     /// Share of `failure` events during an error burst.
     pub fail_prob: f64,
@@ -261,8 +306,9 @@ fn resolve_one(
         spec.stage
     );
     ensure!(
-        spec.kind != FaultKind::RecordsLost || !stage.upstream.is_empty(),
-        "fault records_lost: {}/{} has no upstream stage",
+        !spec.kind.needs_upstream() || !stage.upstream.is_empty(),
+        "fault {}: {}/{} has no upstream stage",
+        spec.kind,
         spec.pipeline,
         spec.stage
     );
@@ -300,11 +346,18 @@ fn magnitude_for(kind: FaultKind, u: f64) -> f64 {
         FaultKind::LatencyJump => (4.5, 7.5),
         FaultKind::QualityDegradation => (0.12, 0.25),
         FaultKind::RecordsLost => (0.62, 0.83),
+        FaultKind::StuckRun => (0.0, 0.0),
+        // Typical hand-overs added. An added delay rather than a multiplied one, so that every
+        // slowed hand-over exceeds 11 times the usual median, beyond the usual band (whose
+        // 1-in-10 000 is 6.4 times the median on streaming stages, 4.4 times on batch ones);
+        // multiplying a log-normal draw would let its lowest draws fall back into the band.
+        FaultKind::SlowHop => (11.0, 14.0),
     };
     lo + (hi - lo) * u
 }
 
-/// The order in which kinds pick their stage: the most constrained first.
+/// The default plan's kinds, in the order in which they pick their stage: the most constrained
+/// first.
 const ASSIGNMENT_ORDER: [FaultKind; 7] = [
     FaultKind::QualityDegradation,
     FaultKind::RecordsLost,
@@ -313,6 +366,15 @@ const ASSIGNMENT_ORDER: [FaultKind; 7] = [
     FaultKind::Spike,
     FaultKind::ErrorBurst,
     FaultKind::LatencyJump,
+];
+
+/// The flow plan's kinds, in the order in which they pick their pipeline: `stuck_run` first so
+/// that it gets a batch pipeline (one stuck run), `slow_hop` then takes a streaming one, and
+/// `records_lost` what is left (the default plan already puts it on a batch pipeline).
+const FLOW_ORDER: [FaultKind; 3] = [
+    FaultKind::StuckRun,
+    FaultKind::SlowHop,
+    FaultKind::RecordsLost,
 ];
 
 /// The default plan: one fault of each kind, each on its own stage where the topology allows,
@@ -325,6 +387,30 @@ pub(crate) fn default_plan(
     end_ms: i64,
     seed: u64,
 ) -> Vec<FaultSpec> {
+    spread_plan(topo, start, end_ms, seed, &ASSIGNMENT_ORDER, false)
+}
+
+/// The flow plan: the faults of [`FLOW_ORDER`], each on its own pipeline while there are enough
+/// of them (pipeline 0 excluded as in the default plan), spread over time like the default plan.
+pub(crate) fn flow_plan(
+    topo: &Topology,
+    start: DateTime<Utc>,
+    end_ms: i64,
+    seed: u64,
+) -> Vec<FaultSpec> {
+    spread_plan(topo, start, end_ms, seed, &FLOW_ORDER, true)
+}
+
+/// Places one fault of each of `kinds` (see [`default_plan`]); with `own_pipeline`, each goes to
+/// a pipeline without another fault while one is left.
+fn spread_plan(
+    topo: &Topology,
+    start: DateTime<Utc>,
+    end_ms: i64,
+    seed: u64,
+    kinds: &[FaultKind],
+    own_pipeline: bool,
+) -> Vec<FaultSpec> {
     let start_ms = start.timestamp_millis();
     let total = end_ms - start_ms;
     let window_start = if total >= 2 * DAY_MS {
@@ -332,8 +418,8 @@ pub(crate) fn default_plan(
     } else {
         start_ms + total / 3
     };
-    let slot = (end_ms - window_start) / ASSIGNMENT_ORDER.len() as i64;
-    let mut assignments = assign_stages(topo, slot * 6 / 10);
+    let slot = (end_ms - window_start) / kinds.len() as i64;
+    let mut assignments = assign_stages(topo, kinds, own_pipeline, slot * 6 / 10);
     if slot < MINUTE_MS {
         return Vec::new();
     }
@@ -352,7 +438,19 @@ pub(crate) fn default_plan(
             let earliest = slot_start + slot / 20;
             let latest = (slot_start + slot - dur - slot / 10).max(earliest);
             let at = rng.gen_range(earliest..=latest);
-            let at = at - at.rem_euclid(SECOND_MS);
+            let mut at = at - at.rem_euclid(SECOND_MS);
+            if let (
+                FaultKind::StuckRun,
+                Mode::Batch {
+                    period_ms,
+                    offset_ms,
+                },
+            ) = (kind, pipe.mode)
+            {
+                // Opening at a scheduled run and lasting half a period, the window holds the
+                // start of exactly that run at the stage (a few minutes in, at most).
+                at += (offset_ms - at).rem_euclid(period_ms);
+            }
             FaultSpec {
                 kind,
                 pipeline: pipe.name.clone(),
@@ -366,10 +464,15 @@ pub(crate) fn default_plan(
     specs
 }
 
-/// Realistic fault lengths; batch stages need at least two runs inside the window.
+/// Realistic fault lengths; batch stages need at least two runs inside the window. A stuck run
+/// is one batch run (half a period, see [`spread_plan`]) or a minute of micro-batches.
 fn duration_range(kind: FaultKind, mode: Mode) -> (i64, i64) {
     let hi = if kind == FaultKind::Silence { 60 } else { 90 } * MINUTE_MS;
     match mode {
+        Mode::Streaming { .. } if kind == FaultKind::StuckRun => (MINUTE_MS, MINUTE_MS),
+        Mode::Batch { period_ms, .. } if kind == FaultKind::StuckRun => {
+            (period_ms / 2, period_ms / 2)
+        }
         Mode::Streaming { .. } => (20 * MINUTE_MS, hi),
         Mode::Batch { period_ms, .. } => {
             let lo = (20 * MINUTE_MS).max(2 * period_ms + 5 * MINUTE_MS);
@@ -380,8 +483,14 @@ fn duration_range(kind: FaultKind, mode: Mode) -> (i64, i64) {
 
 /// Picks a (pipeline, stage) for every kind: the best-suited stage by kind preference, then the
 /// least used stage, then the pipeline with the fewest faults so far. Stages that run too rarely
-/// for a fault of at most `max_fault_ms` come last (short simulations).
-fn assign_stages(topo: &Topology, max_fault_ms: i64) -> Vec<(FaultKind, usize, usize)> {
+/// for a fault of at most `max_fault_ms` come last (short simulations); with `own_pipeline`,
+/// so do the pipelines that already have a fault, before anything else.
+fn assign_stages(
+    topo: &Topology,
+    kinds: &[FaultKind],
+    own_pipeline: bool,
+    max_fault_ms: i64,
+) -> Vec<(FaultKind, usize, usize)> {
     let n = topo.pipelines.len();
     let first = if n >= 2 { 1 } else { 0 };
     let mut stage_uses: Vec<Vec<u32>> = topo
@@ -390,16 +499,25 @@ fn assign_stages(topo: &Topology, max_fault_ms: i64) -> Vec<(FaultKind, usize, u
         .map(|p| vec![0; p.stages.len()])
         .collect();
     let mut pipeline_faults = vec![0u32; n];
-    let mut out = Vec::with_capacity(ASSIGNMENT_ORDER.len());
-    for kind in ASSIGNMENT_ORDER {
+    let mut out = Vec::with_capacity(kinds.len());
+    for &kind in kinds {
         let best = (first..n)
             .flat_map(|p| (0..topo.pipelines[p].stages.len()).map(move |s| (p, s)))
             .filter_map(|(p, s)| {
                 let pipe = &topo.pipelines[p];
+                let taken = own_pipeline && pipeline_faults[p] > 0;
                 // A window shorter than two runs may well contain none.
                 let too_sparse = max_fault_ms < 2 * pipe.mode.cadence_ms();
                 preference(kind, topo, p, s).map(|pref| {
-                    let key = (too_sparse, pref, stage_uses[p][s], pipeline_faults[p], p, s);
+                    let key = (
+                        taken,
+                        too_sparse,
+                        pref,
+                        stage_uses[p][s],
+                        pipeline_faults[p],
+                        p,
+                        s,
+                    );
                     (key, (p, s))
                 })
             })
@@ -426,23 +544,25 @@ fn preference(kind: FaultKind, topo: &Topology, p: usize, s: usize) -> Option<u8
             .position(|&c| c)
             .unwrap_or(conditions.len())
     };
+    if source && kind.needs_upstream() {
+        return None;
+    }
     let pref = match kind {
         FaultKind::QualityDegradation => {
             stage.null_base?;
             rank(&[streaming])
         }
-        FaultKind::RecordsLost => {
-            if source {
-                return None;
-            }
-            rank(&[!streaming])
-        }
+        FaultKind::RecordsLost => rank(&[!streaming]),
         // A silent sink is detectable within a minute and starves no other stage.
         FaultKind::Silence => rank(&[streaming && leaf, streaming, leaf]),
         // Volume faults belong where volume enters the pipeline.
         FaultKind::Drop | FaultKind::Spike => rank(&[source && streaming, source]),
         FaultKind::ErrorBurst => rank(&[!source && streaming && !leaf, !source]),
         FaultKind::LatencyJump => rank(&[!streaming && !source, !streaming]),
+        // The textbook stuck run is a batch run that stops halfway, leaving stages after it.
+        FaultKind::StuckRun => rank(&[!streaming && !leaf, !leaf]),
+        // Streaming hand-overs are many and tight, so a slow one stands out within minutes.
+        FaultKind::SlowHop => rank(&[streaming && !leaf, streaming]),
     };
     Some(pref as u8)
 }

@@ -163,6 +163,9 @@ struct Unit {
 struct Outcome {
     /// Whether downstream stages received its output (not silent, not failed, not skipped).
     delivered: bool,
+    /// Whether the unit got stuck at or before this stage: no stage after it sees the unit,
+    /// even one that another upstream would feed.
+    stuck: bool,
     records_out: u64,
     finish_ms: i64,
 }
@@ -345,20 +348,51 @@ impl Generator {
     /// Runs every stage of the next unit of pipeline `p`, queueing its events.
     fn generate_unit(&mut self, p: usize) {
         let topo = Arc::clone(&self.topo);
+        let faults = Arc::clone(&self.faults);
         let pipe = &topo.pipelines[p];
         let unit = self.lines[p].begin_unit(pipe);
         self.outcomes.clear();
         for (s, def) in pipe.stages.iter().enumerate() {
             let line = &mut self.lines[p];
             let draws = StageDraws::draw(&mut line.rng);
+            // A run stuck upstream never gets here, whatever another upstream delivered.
+            if def.upstream.iter().any(|&u| self.outcomes[u].stuck) {
+                self.outcomes.push(Outcome {
+                    stuck: true,
+                    ..Outcome::default()
+                });
+                continue;
+            }
             let Some(input) = stage_input(def, &unit, &self.outcomes, &draws) else {
                 // Every input was lost to a fault: the stage has nothing to process.
                 self.outcomes.push(Outcome::default());
                 continue;
             };
             let lag = queue_lag_ms(def, pipe.mode, &draws);
+            // Whether a fault acts depends on when the unit would start without it, so that a
+            // slowed hand-over cannot push a unit out of its own fault's window.
             let start_ms = (input.ready_ms + lag).max(line.free_at[s]);
-            let fault = self.faults.active(p, s, start_ms);
+            let fault = faults.active(p, s, start_ms);
+            let start_ms = match fault {
+                Some((i, f)) if f.kind == FaultKind::StuckRun => {
+                    // The stage never takes the unit up, so it stays free for the next one.
+                    // Only this fault's label sees the unit: for any other fault on the stage it
+                    // has no event, like a unit that never arrived.
+                    if input.ready_ms < self.end_ms {
+                        self.trackers[i].observe(true, input.ready_ms);
+                    }
+                    self.outcomes.push(Outcome {
+                        stuck: true,
+                        ..Outcome::default()
+                    });
+                    continue;
+                }
+                Some((_, f)) if f.kind == FaultKind::SlowHop => {
+                    let backlog = (f.magnitude * typical_queue_lag_ms(pipe.mode)).round() as i64;
+                    (input.ready_ms + lag + backlog).max(line.free_at[s])
+                }
+                _ => start_ms,
+            };
             let ctx = StageCtx {
                 pipeline: p as u32,
                 stage: s as u32,
@@ -380,6 +414,7 @@ impl Generator {
             self.track(p, s, fault.map(|(i, _)| i), done.first_ts());
             self.outcomes.push(Outcome {
                 delivered: !done.suppressed && done.main.status != Status::Failure,
+                stuck: false,
                 records_out: done.main.records_out,
                 finish_ms: done.finish_ms,
             });
@@ -448,9 +483,17 @@ fn queue_lag_ms(def: &Stage, mode: Mode, d: &StageDraws) -> i64 {
     if def.upstream.is_empty() {
         return 0;
     }
-    let median = if mode.is_streaming() { 15.0 } else { 4_000.0 };
     let spread = if mode.is_streaming() { 0.5 } else { 0.4 };
-    (median * (spread * d.z_lag).exp()).round() as i64
+    (typical_queue_lag_ms(mode) * (spread * d.z_lag).exp()).round() as i64
+}
+
+/// The median hand-over delay of a pipeline's stages.
+fn typical_queue_lag_ms(mode: Mode) -> f64 {
+    if mode.is_streaming() {
+        15.0
+    } else {
+        4_000.0
+    }
 }
 
 /// Computes one stage's events for one unit, applying `fault` if one acts.

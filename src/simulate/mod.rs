@@ -13,7 +13,9 @@
 //!
 //! Source volume follows a daily sinusoid (±32–40 %, trough around 03:00–05:00 UTC) with a few
 //! percent of noise. Within a unit the data is conserved exactly: a stage's `records_in` is the
-//! sum of its upstream stages' `records_out`, and `records_out = records_in − records_rejected`.
+//! sum of its upstream stages' `records_out`, and `records_out = records_in − records_rejected`
+//! (a run stuck by a fault has no events from the stage where it stopped on, rather than fewer
+//! records).
 //! The only anomalies are the injected faults; the organic data has no failures, only rare
 //! `retry` events (always followed by the unit's `success` event) and rare small error counts.
 //!
@@ -48,7 +50,7 @@ pub use faults::{FaultKind, FaultLabel, FaultPlan, FaultSpec};
 pub use kafka::{produce, Pace};
 
 use encode::Encoder;
-use faults::{default_plan, FaultSet};
+use faults::{default_plan, flow_plan, FaultSet};
 use generator::{Disorder, Generator, RawEvent};
 use noise::{seeded, stream};
 use topology::{Mode, Topology};
@@ -157,13 +159,21 @@ pub struct StageInfo {
 /// (* reports quality; `inventory_sync` events carry no `upstream`.)
 ///
 /// # Default fault plan
-/// One fault of each kind, each on its own stage, none on the first pipeline (`orders_etl` stays
+/// One fault of each kind but `stuck_run` and `slow_hop`, each on its own stage, none on the first pipeline (`orders_etl` stays
 /// fault-free when there are two pipelines or more), one per equal time slot after the first day
 /// (runs of two days or more) or after the first third (shorter runs), in a seeded order,
 /// 20–90 minutes long (silence 20–60; batch stages at least two runs plus 5 minutes). Runs too
 /// short for that shrink each fault to 60 % of its slot and keep faults off batch stages whose
 /// runs would be too sparse to show them. Faults are at least 15 % of a slot apart, so neither
 /// they nor their downstream consequences overlap.
+///
+/// # Flow fault plan
+/// What data-flow tracking finds: one `stuck_run`, one `slow_hop` and one `records_lost`, placed
+/// in time like the default plan (three slots), each on its own pipeline while there are enough
+/// (never `orders_etl`, as above), on a stage that has an upstream. With the first four
+/// pipelines: `stuck_run` on a batch stage with stages after it (one run, its window opening at
+/// that run's scheduled time and lasting half a period), `slow_hop` on a streaming stage
+/// (20–90 minutes), `records_lost` on the remaining pipeline.
 pub struct Simulation {
     opts: SimOptions,
     topo: Arc<Topology>,
@@ -179,8 +189,8 @@ pub struct Simulation {
 impl Simulation {
     /// Builds the topology and resolves the fault plan. Fails on invalid options or on a
     /// [`FaultSpec`] that names an unknown pipeline or stage, asks for `quality_degradation` on a
-    /// stage without quality figures or `records_lost` on a source, or overlaps another fault on
-    /// the same stage.
+    /// stage without quality figures or `records_lost`, `stuck_run` or `slow_hop` on a source, or
+    /// overlaps another fault on the same stage.
     ///
     /// # Errors
     /// Invalid options or fault specs, as above.
@@ -206,6 +216,7 @@ impl Simulation {
         let specs = match &opts.faults {
             FaultPlan::None => Vec::new(),
             FaultPlan::Default => default_plan(&topo, opts.start, end_ms, opts.seed),
+            FaultPlan::Flow => flow_plan(&topo, opts.start, end_ms, opts.seed),
             FaultPlan::Explicit(specs) => specs.clone(),
         };
         let faults = FaultSet::resolve(&specs, &topo, opts.seed)?;
@@ -269,7 +280,8 @@ impl Simulation {
             .collect()
     }
 
-    /// The faults this simulation injects (the default plan resolved, or the explicit list).
+    /// The faults this simulation injects (the default or flow plan resolved, or the explicit
+    /// list).
     pub fn fault_specs(&self) -> &[FaultSpec] {
         &self.specs
     }
@@ -322,7 +334,7 @@ impl Simulation {
     }
 
     /// One label per injected fault that affected at least one event, in plan order (by start
-    /// for the default plan). Labels do not depend on having generated the events: without a
+    /// for the default and flow plans). Labels do not depend on having generated the events: without a
     /// completed pass this runs the generator once without encoding (a fraction of the cost).
     pub fn labels(&self) -> Vec<FaultLabel> {
         if let Some(labels) = &self.labels {

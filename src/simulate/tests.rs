@@ -461,8 +461,15 @@ fn check_fault_effect(label: &FaultLabel, changed: &[(i64, &Ev, Option<&Ev>)]) {
                 assert!(f.rejected <= b.rejected + 5, "{}", f.line);
             }
         }
+        // Not in the default plan; see their own tests below.
+        FaultKind::StuckRun => assert!(pairs.is_empty()),
+        FaultKind::SlowHop => {
+            for (b, f) in &pairs {
+                assert!(f.ts > b.ts && f.duration_ms == b.duration_ms, "{}", f.line);
+            }
+        }
     }
-    if label.kind != FaultKind::Silence {
+    if !matches!(label.kind, FaultKind::Silence | FaultKind::StuckRun) {
         assert!(!pairs.is_empty());
     }
 }
@@ -587,6 +594,8 @@ fn explicit_faults_are_validated_and_applied() {
         spec(FaultKind::Drop, "orders_etl", "nope"),
         spec(FaultKind::QualityDegradation, "orders_etl", "load"),
         spec(FaultKind::RecordsLost, "payments", "cards"),
+        spec(FaultKind::StuckRun, "clickstream", "ingest"),
+        spec(FaultKind::SlowHop, "inventory_sync", "snapshot"),
     ] {
         assert!(build(vec![bad.clone()]).is_err(), "{bad:?}");
     }
@@ -802,4 +811,558 @@ fn a_week_of_four_pipelines_has_a_realistic_volume() {
         per_day.values().max().unwrap(),
     );
     assert!(*most as f64 / *least as f64 <= 1.1, "{per_day:?}");
+}
+
+// ---- Data-flow faults (issue #5): the flow plan, stuck runs and slow hand-overs ----
+
+fn flow_day() -> &'static Day {
+    static DAY_WITH_FLOW_FAULTS: OnceLock<Day> = OnceLock::new();
+    DAY_WITH_FLOW_FAULTS.get_or_init(|| day(FaultPlan::Flow))
+}
+
+/// A day with hand-placed data-flow faults on the stages and cadences the flow plan does not pick
+/// with four pipelines (compared with [`fault_free_day`]). A whole day, so that the usual
+/// hand-over of a batch stage is measured on enough runs.
+struct ExplicitFlowRun {
+    faulted: Vec<Ev>,
+    labels: Vec<FaultLabel>,
+    specs: Vec<FaultSpec>,
+}
+
+fn explicit_flow_run() -> &'static ExplicitFlowRun {
+    static RUN: OnceLock<ExplicitFlowRun> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let at = |hours: i64| SimOptions::default().start + chrono::Duration::hours(hours);
+        let spec = |kind, pipeline: &str, stage: &str, start, minutes: u64| FaultSpec {
+            kind,
+            pipeline: pipeline.to_string(),
+            stage: stage.to_string(),
+            start,
+            duration: Duration::from_secs(60 * minutes),
+        };
+        let specs = vec![
+            // A minute of micro-batches stuck before their last two stages.
+            spec(FaultKind::StuckRun, "clickstream", "sessionize", at(2), 1),
+            // Stuck at a fan-in stage: both sources still emit.
+            spec(FaultKind::StuckRun, "payments", "normalize", at(3), 1),
+            // Four runs every 15 minutes with a slow hand-over, and stages after it.
+            spec(FaultKind::SlowHop, "inventory_sync", "diff", at(2), 60),
+        ];
+        let plan = FaultPlan::Explicit(specs.clone());
+        let sim = Simulation::new(options(DAY, plan.clone())).expect("valid plan");
+        ExplicitFlowRun {
+            faulted: events_of(options(DAY, plan)),
+            labels: sim.labels(),
+            specs,
+        }
+    })
+}
+
+fn info_of(pipeline: &str) -> Vec<StageInfo> {
+    Simulation::new(SimOptions::default())
+        .expect("valid")
+        .stage_info()
+        .into_iter()
+        .filter(|s| s.pipeline == pipeline)
+        .collect()
+}
+
+/// `stage` and every stage fed by it, directly or not.
+fn stage_and_descendants(info: &[StageInfo], stage: &str) -> HashSet<String> {
+    let mut reached: HashSet<String> = HashSet::from([stage.to_string()]);
+    // Stages are listed upstream first, so one pass reaches every descendant.
+    for s in info {
+        if s.upstream.iter().any(|u| reached.contains(u)) {
+            reached.insert(s.stage.clone());
+        }
+    }
+    reached
+}
+
+/// The events of one pipeline by correlation id, then stage.
+fn runs_of<'a>(
+    events: &'a [Ev],
+    pipeline: &str,
+) -> BTreeMap<&'a str, HashMap<&'a str, Vec<&'a Ev>>> {
+    let mut runs: BTreeMap<&str, HashMap<&str, Vec<&Ev>>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.pipeline == pipeline) {
+        runs.entry(e.corr.as_str())
+            .or_default()
+            .entry(e.stage.as_str())
+            .or_default()
+            .push(e);
+    }
+    runs
+}
+
+/// Checks one `stuck_run` against its events and the fault-free run, returning how many units
+/// got stuck: those units have events up to the labelled stage's upstream and none from the stage
+/// on, every other unit reaches every stage with the very events of the fault-free run, and the
+/// label's start is the first stuck unit's upstream event, its end the stage's next event.
+fn check_stuck_run(
+    label: &FaultLabel,
+    spec: &FaultSpec,
+    faulted: &[Ev],
+    baseline: &[Ev],
+    run_end: i64,
+) -> usize {
+    assert_eq!(label.kind, FaultKind::StuckRun);
+    assert_eq!(label.expected_alert, "stuck_run");
+    let info = info_of(&label.pipeline);
+    let upstream = &info
+        .iter()
+        .find(|s| s.stage == label.stage)
+        .expect("labelled stage exists")
+        .upstream;
+    assert!(!upstream.is_empty());
+    let stopped = stage_and_descendants(&info, &label.stage);
+    let mut downstream: Vec<&String> = label.affected_downstream.iter().collect();
+    downstream.push(&label.stage);
+    assert_eq!(
+        downstream.into_iter().cloned().collect::<HashSet<_>>(),
+        stopped
+    );
+
+    // When each stuck unit should have reached the stage: its (latest) upstream event.
+    let mut stuck: Vec<(i64, &str)> = Vec::new();
+    for (corr, stages) in runs_of(faulted, &label.pipeline) {
+        let first = stages
+            .values()
+            .flatten()
+            .map(|e| e.ts)
+            .min()
+            .expect("events");
+        // A unit cut by the end of the run may not have reached its last stages.
+        if first > run_end - 10 * 60_000 {
+            continue;
+        }
+        let upstream_done = upstream
+            .iter()
+            .map(|u| {
+                let evs = stages.get(u.as_str());
+                evs.and_then(|evs| evs.iter().map(|e| e.ts).max())
+                    .unwrap_or_else(|| panic!("{corr} has no {u} event: the upstream emits"))
+            })
+            .max()
+            .expect("an upstream");
+        if stages.contains_key(label.stage.as_str()) {
+            for s in &info {
+                assert!(
+                    stages.contains_key(s.stage.as_str()),
+                    "{corr} missed {}",
+                    s.stage
+                );
+            }
+        } else {
+            for s in &stopped {
+                assert!(!stages.contains_key(s.as_str()), "{corr} reached {s}");
+            }
+            stuck.push((upstream_done, corr));
+        }
+    }
+    stuck.sort();
+    let (first, _) = *stuck.first().expect("a unit got stuck");
+    assert_eq!(first, ms(label.start), "{label:?}");
+    let window = ms(spec.start)..ms(spec.start + spec.duration);
+    for &(reached_upstream, corr) in &stuck {
+        // The unit would have started within the window, a hand-over after its upstream ended.
+        assert!(reached_upstream < window.end, "{corr}");
+        assert!(reached_upstream > window.start - 60_000, "{corr}");
+        assert!(reached_upstream < ms(label.end), "{corr}");
+    }
+    let next = faulted
+        .iter()
+        .filter(|e| e.pipeline == label.pipeline && e.stage == label.stage)
+        .find(|e| e.ts > first)
+        .expect("the stage gets units again");
+    assert_eq!(next.ts, ms(label.end), "{label:?}");
+
+    // Nothing else changes: the fault-free run less the stuck units' stopped stages.
+    let stuck_ids: HashSet<&str> = stuck.iter().map(|&(_, corr)| corr).collect();
+    let lines = |evs: &[Ev], drop_stuck: bool| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e.pipeline == label.pipeline)
+            .filter(|e| {
+                !(drop_stuck && stuck_ids.contains(e.corr.as_str()) && stopped.contains(&e.stage))
+            })
+            .map(|e| e.line.clone())
+            .collect()
+    };
+    assert_eq!(lines(faulted, false), lines(baseline, true));
+    stuck.len()
+}
+
+#[test]
+fn a_stuck_batch_run_stops_at_its_stage_for_one_run() {
+    let day = flow_day();
+    let label = day
+        .labels
+        .iter()
+        .find(|l| l.kind == FaultKind::StuckRun)
+        .expect("the flow plan has a stuck run");
+    let spec = day
+        .specs
+        .iter()
+        .find(|f| f.kind == label.kind)
+        .expect("spec");
+    assert!(matches!(
+        info_of(&label.pipeline)[0].cadence,
+        Cadence::Batch { .. }
+    ));
+    let run_end = ms(SimOptions::default().start) + DAY.as_millis() as i64;
+    let stuck = check_stuck_run(label, spec, &day.events, &fault_free_day().events, run_end);
+    assert_eq!(stuck, 1);
+}
+
+#[test]
+fn stuck_micro_batches_stop_at_their_stage_for_a_minute() {
+    let run = explicit_flow_run();
+    let run_end = ms(SimOptions::default().start) + DAY.as_millis() as i64;
+    let baseline = &fault_free_day().events;
+    for label in run.labels.iter().filter(|l| l.kind == FaultKind::StuckRun) {
+        let spec = run
+            .specs
+            .iter()
+            .find(|f| f.pipeline == label.pipeline && f.stage == label.stage)
+            .expect("spec");
+        let stuck = check_stuck_run(label, spec, &run.faulted, baseline, run_end);
+        // Micro-batches come every 6–15 s.
+        assert!((3..=12).contains(&stuck), "{stuck} stuck on {label:?}");
+    }
+    let fan_in = run.labels.iter().find(|l| l.stage == "normalize");
+    assert_eq!(
+        fan_in.map(|l| l.affected_downstream.clone()),
+        Some(vec!["score".to_string(), "publish".to_string()])
+    );
+}
+
+/// Hand-over delay into `stage` per unit, by correlation id: the stage's start (its first event's
+/// timestamp less that event's `duration_ms`) less the end of its latest upstream, with the
+/// timestamp of the stage's first event for the unit.
+fn hand_overs(events: &[Ev], pipeline: &str, stage: &str) -> BTreeMap<String, (i64, f64)> {
+    let info = info_of(pipeline);
+    let upstream = &info
+        .iter()
+        .find(|s| s.stage == stage)
+        .expect("stage exists")
+        .upstream;
+    runs_of(events, pipeline)
+        .into_iter()
+        .filter_map(|(corr, stages)| {
+            let first = stages.get(stage)?.iter().min_by_key(|e| e.ts)?;
+            let upstream_done = upstream
+                .iter()
+                .map(|u| stages.get(u.as_str())?.iter().map(|e| e.ts).max())
+                .collect::<Option<Vec<i64>>>()?
+                .into_iter()
+                .max()?;
+            let hop = first.ts as f64 - first.duration_ms - upstream_done as f64;
+            Some((corr.to_string(), (first.ts, hop)))
+        })
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// The least factor by which a slowed hand-over exceeds the usual median: far above the usual
+/// band (its 1-in-10 000 hand-over is 6.4 times the median on streaming stages, 4.4 on batch
+/// ones), and below the 11 typical hand-overs a slow hop adds by a margin that the sampling error
+/// of a measured median cannot eat.
+const SLOW_HOP_MIN_FACTOR: f64 = 8.0;
+
+/// Checks one `slow_hop` against the fault-free run: inside the label, every hand-over into the
+/// stage is at least [`SLOW_HOP_MIN_FACTOR`] times the usual median, and their median 11–16
+/// times; outside, hand-overs are exactly the fault-free ones; the stage's `duration_ms` never
+/// changes; the stages after it shift later by the added delay. Returns how many units were
+/// slowed.
+fn check_slow_hop(label: &FaultLabel, faulted: &[Ev], baseline: &[Ev]) -> usize {
+    assert_eq!(label.kind, FaultKind::SlowHop);
+    assert_eq!(label.expected_alert, "latency");
+    let hops = hand_overs(faulted, &label.pipeline, &label.stage);
+    let usual = hand_overs(baseline, &label.pipeline, &label.stage);
+    let (start, end) = (ms(label.start), ms(label.end));
+    let inside = |ts: i64| (start..end).contains(&ts);
+    let normal_median = median(
+        hops.values()
+            .filter(|(ts, _)| !inside(*ts))
+            .map(|&(_, hop)| hop)
+            .collect(),
+    );
+    let mut slowed: Vec<(i64, &str, f64)> = Vec::new();
+    for (corr, &(ts, hop)) in &hops {
+        let (_, usual_hop) = usual[corr];
+        if inside(ts) {
+            assert!(
+                hop >= SLOW_HOP_MIN_FACTOR * normal_median,
+                "{corr}: {hop} ms, usually {normal_median}"
+            );
+            slowed.push((ts, corr, hop - usual_hop));
+        } else {
+            assert_eq!(hop, usual_hop, "{corr}");
+        }
+    }
+    slowed.sort_by_key(|&(ts, _, _)| ts);
+    assert_eq!(slowed.first().map(|s| s.0), Some(start), "{label:?}");
+    let inside_median = median(
+        hops.values()
+            .filter(|(ts, _)| inside(*ts))
+            .map(|&(_, hop)| hop)
+            .collect(),
+    );
+    let factor = inside_median / normal_median;
+    assert!((11.0..16.0).contains(&factor), "{factor}");
+
+    // Same processing, later: the stage's own figures are the fault-free ones.
+    let twins: HashMap<_, &Ev> = baseline.iter().map(|e| (e.unit_key(), e)).collect();
+    for e in faulted
+        .iter()
+        .filter(|e| e.pipeline == label.pipeline && e.stage == label.stage)
+    {
+        let twin = twins[&e.unit_key()];
+        assert_eq!(
+            (e.duration_ms, e.records_in, e.records_out),
+            (twin.duration_ms, twin.records_in, twin.records_out),
+            "{}",
+            e.line
+        );
+    }
+    let slowed_ids: HashMap<&str, f64> = slowed.iter().map(|&(_, c, added)| (c, added)).collect();
+    for e in faulted
+        .iter()
+        .filter(|e| e.pipeline == label.pipeline && label.affected_downstream.contains(&e.stage))
+    {
+        let shift = (e.ts - twins[&e.unit_key()].ts) as f64;
+        match slowed_ids.get(e.corr.as_str()) {
+            Some(&added) => assert!(shift >= 0.9 * added, "{shift} < {added}: {}", e.line),
+            None => assert_eq!(shift, 0.0, "{}", e.line),
+        }
+    }
+    slowed.len()
+}
+
+#[test]
+fn a_slow_streaming_hop_delays_only_the_hand_over() {
+    let day = flow_day();
+    let label = day
+        .labels
+        .iter()
+        .find(|l| l.kind == FaultKind::SlowHop)
+        .expect("the flow plan has a slow hop");
+    assert!(matches!(
+        info_of(&label.pipeline)[0].cadence,
+        Cadence::Streaming { .. }
+    ));
+    let slowed = check_slow_hop(label, &day.events, &fault_free_day().events);
+    // 20–90 minutes of micro-batches every 6–15 s.
+    assert!(slowed > 60, "{slowed}");
+}
+
+#[test]
+fn a_slow_batch_hop_delays_only_the_hand_over() {
+    let run = explicit_flow_run();
+    let label = run
+        .labels
+        .iter()
+        .find(|l| l.kind == FaultKind::SlowHop)
+        .expect("labelled");
+    let slowed = check_slow_hop(label, &run.faulted, &fault_free_day().events);
+    // Runs start within seconds of their schedule, so exactly the four of the hour are slowed.
+    assert_eq!(slowed, 4);
+}
+
+#[test]
+fn records_lost_of_the_flow_plan_shows_against_its_upstream() {
+    let day = flow_day();
+    let label = day
+        .labels
+        .iter()
+        .find(|l| l.kind == FaultKind::RecordsLost)
+        .expect("the flow plan loses records");
+    let info = info_of(&label.pipeline);
+    let upstream = &info
+        .iter()
+        .find(|s| s.stage == label.stage)
+        .expect("stage")
+        .upstream;
+    let mut lossy = 0;
+    for (corr, stages) in runs_of(&day.events, &label.pipeline) {
+        let Some(ev) = stages
+            .get(label.stage.as_str())
+            .and_then(|evs| evs.iter().find(|e| e.status == "success"))
+        else {
+            continue;
+        };
+        let fed: u64 = upstream
+            .iter()
+            .filter_map(|u| stages.get(u.as_str()))
+            .flat_map(|evs| evs.iter().filter(|e| e.status == "success"))
+            .map(|e| e.records_out)
+            .sum();
+        if (ms(label.start)..ms(label.end)).contains(&ev.ts) {
+            lossy += 1;
+            let share = ev.records_in as f64 / fed as f64;
+            assert!((0.55..0.9).contains(&share), "{corr}: {share}");
+        } else {
+            assert_eq!(ev.records_in, fed, "{corr}");
+        }
+    }
+    assert!(lossy > 60, "{lossy}");
+}
+
+#[test]
+fn the_flow_plan_spreads_one_data_flow_fault_per_pipeline() {
+    let flow_kinds = HashSet::from([
+        FaultKind::RecordsLost,
+        FaultKind::StuckRun,
+        FaultKind::SlowHop,
+    ]);
+    for (duration, quiet) in [
+        (7 * DAY, DAY),
+        (DAY, 8 * HOUR),
+        (2 * DAY, DAY),
+        (6 * HOUR, 2 * HOUR),
+    ] {
+        let opts = options(duration, FaultPlan::Flow);
+        let start = opts.start;
+        let sim = Simulation::new(opts).expect("valid");
+        let info = sim.stage_info();
+        let specs = sim.fault_specs();
+        assert_eq!(specs.len(), 3, "{duration:?}");
+        let kinds: HashSet<FaultKind> = specs.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, flow_kinds);
+        let pipelines: HashSet<&str> = specs.iter().map(|f| f.pipeline.as_str()).collect();
+        assert_eq!(pipelines.len(), 3, "one pipeline per fault: {specs:?}");
+        assert!(!pipelines.contains("orders_etl"));
+        for w in specs.windows(2) {
+            assert!(w[0].start + w[0].duration < w[1].start, "disjoint in time");
+        }
+        for f in specs {
+            let stage = info
+                .iter()
+                .find(|s| s.pipeline == f.pipeline && s.stage == f.stage)
+                .expect("a real stage");
+            assert!(!stage.upstream.is_empty(), "{f:?}");
+            assert!(f.start >= start + quiet, "{f:?}");
+            assert!(f.start + f.duration < start + duration, "{f:?}");
+            let minutes = f.duration.as_secs() / 60;
+            match (f.kind, stage.cadence) {
+                (FaultKind::StuckRun, Cadence::Batch { period, offset }) => {
+                    // Opens at a scheduled run, half a period long: exactly one run.
+                    assert_eq!(f.duration, period / 2, "{f:?}");
+                    let into_period = ms(f.start).rem_euclid(period.as_millis() as i64);
+                    assert_eq!(into_period, offset.as_millis() as i64, "{f:?}");
+                }
+                (FaultKind::StuckRun, Cadence::Streaming { .. }) => assert_eq!(minutes, 1),
+                _ => assert!((20..=155).contains(&minutes), "{f:?}"),
+            }
+        }
+        // Every fault shows in the events, the stuck run included.
+        let labels = sim.labels();
+        assert_eq!(
+            labels.iter().map(|l| l.kind).collect::<HashSet<_>>(),
+            flow_kinds,
+            "{duration:?}"
+        );
+    }
+}
+
+#[test]
+fn the_flow_plan_labels_name_their_alerts() {
+    let labels = &flow_day().labels;
+    assert_eq!(labels.len(), 3);
+    for label in labels {
+        let v: Value = serde_json::to_value(label).expect("serializable");
+        let expected = match label.kind {
+            FaultKind::RecordsLost => "data_loss",
+            FaultKind::StuckRun => "stuck_run",
+            FaultKind::SlowHop => "latency",
+            other => panic!("{other} is not in the flow plan"),
+        };
+        assert_eq!(v["expected_alert"], expected);
+        assert_eq!(
+            v["kind"]
+                .as_str()
+                .map(str::parse::<FaultKind>)
+                .and_then(Result::ok),
+            Some(label.kind)
+        );
+        assert!(label.end > label.start && !label.affected_downstream.is_empty());
+    }
+    assert_eq!(
+        "stuck_run".parse::<FaultKind>().ok(),
+        Some(FaultKind::StuckRun)
+    );
+    assert_eq!(
+        "slow_hop".parse::<FaultKind>().ok(),
+        Some(FaultKind::SlowHop)
+    );
+}
+
+#[test]
+fn the_command_injects_the_flow_plan() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+    let dir = std::env::temp_dir().join(format!("simulate-flow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (events, labels) = (dir.join("events.jsonl"), dir.join("labels.jsonl"));
+    let cli = Cli::try_parse_from([
+        "simulate",
+        "--duration",
+        "6h",
+        "--faults",
+        "flow",
+        "--output",
+        events.to_str().expect("UTF-8 path"),
+        "--labels",
+        labels.to_str().expect("UTF-8 path"),
+    ])
+    .expect("valid arguments");
+    let opts = cli.args.to_options();
+    assert_eq!(opts.faults, FaultPlan::Flow);
+    run(cli.args, &crate::config::Settings::defaults()).expect("runs");
+    assert_eq!(
+        std::fs::read(&events).expect("events written"),
+        bytes_of(opts)
+    );
+    let kinds: HashSet<String> = std::fs::read_to_string(&labels)
+        .expect("labels written")
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).expect("JSON");
+            v["kind"].as_str().expect("kind").to_string()
+        })
+        .collect();
+    let expected = ["records_lost", "stuck_run", "slow_hop"].map(str::to_string);
+    assert_eq!(kinds, HashSet::from(expected));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// FNV-1a, 64 bits: a hash that no toolchain or dependency update changes.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The default plan's events and labels are pinned: new kinds and plans must leave them as they
+/// were. The hashes are those of `pipewatch simulate --duration 1d --labels FILE` (stdout, then
+/// FILE) before `stuck_run` and `slow_hop` existed; change them only for a deliberate change
+/// of the default output.
+#[test]
+fn the_default_plan_output_is_unchanged() {
+    let day = faulted_day();
+    assert_eq!(fnv1a(&day.bytes), 0x620d_a1df_a13a_52b9);
+    let mut label_file = Vec::new();
+    for label in &day.labels {
+        serde_json::to_writer(&mut label_file, label).expect("serializable");
+        label_file.push(b'\n');
+    }
+    assert_eq!(fnv1a(&label_file), 0xf8ad_b202_2cce_80e7);
 }
