@@ -80,7 +80,9 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
     };
     let needle = query.q.as_deref().map(str::to_lowercase);
     let limit = query.limit.min(MAX_LIMIT);
-    let mut rows: Vec<(Health, String, String, serde_json::Value)> = Vec::new();
+    // Only keys while scanning: the page of stages asked for is serialized afterwards, so
+    // a dashboard showing 200 of 10,000 stages costs 200 summaries, not 10,000.
+    let mut rows: Vec<(Health, String, String)> = Vec::new();
     let mut total = 0usize;
     live.stages.for_each(|(pipeline, stage), view| {
         total += 1;
@@ -99,13 +101,21 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
                 return;
             }
         }
-        let summary = serde_json::to_value(StageSummary::of(pipeline, stage, view))
-            .expect("a stage summary serializes");
-        rows.push((h, pipeline.clone(), stage.clone(), summary));
+        rows.push((h, pipeline.clone(), stage.clone()));
     });
-    rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    rows.sort();
     let matched = rows.len();
-    let stages: Vec<serde_json::Value> = rows.into_iter().take(limit).map(|r| r.3).collect();
+    let stages: Vec<serde_json::Value> = rows
+        .iter()
+        .take(limit)
+        .filter_map(|(_, pipeline, stage)| {
+            // None: the stage left the board since the scan (revoked, forgotten).
+            live.stages.read(pipeline, stage, |view| {
+                serde_json::to_value(StageSummary::of(pipeline, stage, view))
+                    .expect("a stage summary serializes")
+            })
+        })
+        .collect();
     super::ok(&serde_json::json!({
         "total": total,
         "matched": matched,
