@@ -460,6 +460,15 @@ fn the_dashboard_shows_a_fault_live_and_escapes_hostile_names() {
         args.clone(),
     );
     assert_eq!(turned[3], "anomalous", "{turned}");
+    // The rest of phase 2 in, so the page settles before it is clicked and captured.
+    replay.poll(
+        "the replay to finish",
+        Duration::from_secs(30),
+        || match common::get(replay.address, "/readyz").status {
+            200 => Ok(()),
+            status => Err(format!("readyz {status}")),
+        },
+    );
 
     // Its charts: the band shaded, the anomalous buckets marked.
     browser.click("#stages tbody tr[data-stage] a.stage-link");

@@ -175,20 +175,31 @@ impl Browser {
     }
 
     /// Clicks the first element `css` selects, as a user would (WebDriver's element click:
-    /// scrolled into view, hit-tested).
+    /// scrolled into view, hit-tested). A live page may replace the element between
+    /// finding and clicking it: then it is found again.
     pub fn click(&self, css: &str) {
-        let element = self.session_call(
-            "POST",
-            "/element",
-            Some(json!({ "using": "css selector", "value": css })),
-        );
-        let id = element
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .expect("an element reference")
-            .to_string();
-        self.session_call("POST", &format!("/element/{id}/click"), Some(json!({})));
+        for _ in 0..5 {
+            let element = self.session_call(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            );
+            let id = element
+                .as_object()
+                .and_then(|o| o.values().next())
+                .and_then(Value::as_str)
+                .expect("an element reference")
+                .to_string();
+            let path = format!("/session/{}/element/{id}/click", self.session);
+            match self.call("POST", &path, Some(json!({}))) {
+                Ok(_) => return,
+                Err(e) if e.error == "stale element reference" => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("WebDriver POST {path}: {e:?}"),
+            }
+        }
+        panic!("{css} was replaced five times in a row before it could be clicked");
     }
 
     /// Types `text` into the first element `css` selects, after clearing it.
