@@ -4,10 +4,10 @@
 # Builds pipewatch, starts a local Kafka-compatible broker (Tansu, installed if missing, on
 # 127.0.0.1:$PORT), creates the topics, starts `pipewatch run` and the simulator producing
 # realistic events (two days of history with one fault of each kind, at $RATE events/s,
-# then fault-free live events in real time), and prints alerts as they arrive. Metrics, health
-# checks and the API are on http://127.0.0.1:$HTTP_PORT. Where Debian's python3-aiosmtpd is
-# installed, a local SMTP catcher receives the alert email too. Ctrl-C stops everything it
-# started. Files (config, logs, alerts, mail, fault labels) are kept in the directory it prints.
+# then fault-free live events in real time), and prints alerts as they arrive. The dashboard,
+# metrics, health checks and the API are on http://127.0.0.1:$HTTP_PORT. Where Debian's
+# python3-aiosmtpd is installed, a local SMTP catcher receives the alert email too. Ctrl-C
+# stops everything it started. Files (config, logs, alerts, mail, fault labels) are kept in the directory it prints.
 #
 #   PORT=19092 HTTP_PORT=9898 ./scripts/quickstart.sh
 set -euo pipefail
@@ -92,6 +92,7 @@ cat <<INFO
 
 Alerts appear below as pipewatch sends them to the topic pipeline-alerts; invalid events go
 to pipeline-events-dlq. Also look at:
+  http://127.0.0.1:$HTTP_PORT/                   the dashboard: stages, alerts, charts, live
   http://127.0.0.1:$HTTP_PORT/api/v1/stages      every stage and its health (JSON)
   http://127.0.0.1:$HTTP_PORT/api/v1/alerts      alerts firing now (?state=recent: latest)
   http://127.0.0.1:$HTTP_PORT/metrics            Prometheus metrics, per-stage gauges included

@@ -15,10 +15,14 @@
 //! * [`alert`] turns anomalies into firing/resolved notifications without duplicates;
 //! * [`sink`] writes them out (Kafka, NDJSON);
 //! * [`engine`] ties these together; [`run`] (the service, on Kafka), [`replay`] and
-//!   [`simulate`] are commands built on it; [`kafka`] holds what all Kafka clients share.
+//!   [`simulate`] are commands built on it ([`cli`] parses them); [`kafka`] holds what all
+//!   Kafka clients share;
+//! * [`live`] is what an instance knows now, which [`api`] serves: JSON, `/metrics` and the
+//!   dashboard.
 
 pub mod alert;
 pub mod api;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;

@@ -1,37 +1,11 @@
 //! The `pipewatch` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use pipewatch::cli::{Cli, Command};
 use pipewatch::config::{ConfigError, Settings};
 use pipewatch::{replay, run as service, simulate};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "pipewatch",
-    version,
-    about = "Watches data pipelines and alerts on anomalies"
-)]
-struct Cli {
-    /// Configuration file (TOML), read over the built-in defaults.
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Watch the configured Kafka topics in a consumer group, as a service.
-    Run(service::RunArgs),
-    /// Process NDJSON events in event time and write alerts (and scores).
-    Replay(replay::ReplayArgs),
-    /// Generate realistic pipeline events with injected faults.
-    Simulate(simulate::SimulateArgs),
-    /// Print the effective configuration, secrets redacted.
-    CheckConfig,
-}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

@@ -110,6 +110,14 @@ fn settings(extra: &[(&str, &str)]) -> Settings {
 }
 
 fn serve(settings: Settings, replay_first: bool) -> Served {
+    serve_until(settings, replay_first, std::future::pending())
+}
+
+fn serve_until(
+    settings: Settings,
+    replay_first: bool,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Served {
     let dir = tempfile::tempdir().expect("a temp dir");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -121,7 +129,7 @@ fn serve(settings: Settings, replay_first: bool) -> Served {
         .block_on(pipewatch::api::serve(
             &settings.http.listen,
             Arc::clone(&live),
-            std::future::pending(),
+            shutdown,
         ))
         .expect("the server starts");
     let served = Served {
@@ -291,12 +299,20 @@ fn one_stage_with_a_hostile_name_is_json_text() {
         "{alerts:?}"
     );
 
-    // The link alerts carry leads to the same stage.
+    // The link alerts carry is the dashboard page, which opens the stage from its path:
+    // the page is static, so no event text reaches the HTML at all.
     let link = alerts[0]["annotations"]["dashboard"].as_str().unwrap();
     let path = &link[link.find("/stages/").unwrap()..];
     let via_link = served.get(path);
     assert_eq!(via_link.status, 200);
-    assert_eq!(via_link.json()["stage"], HOSTILE_STAGE);
+    assert!(via_link.head.contains("content-type: text/html"));
+    assert!(via_link.body.starts_with("<!doctype html>"));
+    for text in ["<img", "onerror", "alert(1)", "evil"] {
+        assert!(!via_link.body.contains(text), "{text} in the page");
+    }
+    assert!(via_link
+        .head
+        .contains("content-security-policy: default-src 'self'; script-src 'self';"));
 
     let crlf = served.get(&stage_path(CRLF_PIPELINE, CRLF_STAGE));
     assert_eq!(crlf.status, 200, "{}", crlf.body);
@@ -447,6 +463,178 @@ fn without_a_token_writes_are_off() {
         .unwrap()
         .contains("http.api_token"));
     assert_eq!(served.get("/api/v1/silences").status, 200);
+}
+
+#[test]
+fn pipelines_overview_counts_stages_by_health_worst_first() {
+    let served = serve(settings(&[]), true);
+    let overview = served.get("/api/v1/pipelines").json();
+    assert_eq!(overview["total"], 5);
+    assert_eq!(
+        overview["stages"],
+        serde_json::json!({"silent": 1, "anomalous": 1, "warming_up": 1, "ok": 2})
+    );
+    let rows: Vec<(&str, &str, u64)> = overview["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pipeline"].as_str().unwrap(),
+                p["health"].as_str().unwrap(),
+                p["firing"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("quiet", "silent", 0),
+            ("evil", "anomalous", 1),
+            ("new", "warming_up", 0),
+            ("orders", "ok", 0),
+            (CRLF_PIPELINE, "ok", 0),
+        ]
+    );
+    assert_eq!(overview["pipelines"][1]["counts"]["anomalous"], 1);
+    let limited = served.get("/api/v1/pipelines?limit=1").json();
+    assert_eq!(limited["total"], 5);
+    assert_eq!(limited["pipelines"].as_array().unwrap().len(), 1);
+
+    // The stage list's pipeline filter is exact, unlike ?q=.
+    let evil = served.get("/api/v1/stages?pipeline=evil").json();
+    assert_eq!(evil["matched"], 1);
+    assert_eq!(evil["stages"][0]["stage"], HOSTILE_STAGE);
+    assert_eq!(
+        served.get("/api/v1/stages?pipeline=evi").json()["matched"],
+        0
+    );
+}
+
+#[test]
+fn the_dashboard_page_and_its_assets_under_a_strict_policy() {
+    let served = serve(settings(&[]), false);
+    let page = served.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.head.contains("content-type: text/html; charset=utf-8"));
+    let policy = page
+        .head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy: "))
+        .expect("a policy")
+        .to_string();
+    for directive in [
+        "default-src 'self'",
+        "script-src 'self'",
+        "object-src 'none'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+    ] {
+        assert!(policy.contains(directive), "{directive} missing: {policy}");
+    }
+    assert!(!policy.contains("unsafe"), "{policy}");
+    assert!(page.head.contains("x-frame-options: deny"));
+    assert!(page.head.contains("x-content-type-options: nosniff"));
+    assert!(page.head.contains("referrer-policy: no-referrer"));
+
+    // Every asset the page names is served from the binary; revalidation answers 304.
+    let mut assets = 0;
+    for piece in page.body.split("\"/assets/").skip(1) {
+        let name = &piece[..piece.find('"').unwrap()];
+        let asset = served.get(&format!("/assets/{name}"));
+        assert_eq!(asset.status, 200, "{name}");
+        assert!(!asset.body.is_empty());
+        let etag = asset
+            .head
+            .lines()
+            .find_map(|l| l.strip_prefix("etag: "))
+            .expect("an etag")
+            .to_string();
+        let again = served.request(
+            "GET",
+            &format!("/assets/{name}"),
+            &[("If-None-Match", &etag)],
+            "",
+        );
+        assert_eq!(again.status, 304, "{name}");
+        assets += 1;
+    }
+    assert_eq!(assets, 3, "app.js, app.css and icon.svg");
+    assert!(served
+        .get("/assets/app.js")
+        .head
+        .contains("content-type: text/javascript"));
+    assert_eq!(served.get("/assets/nope.js").status, 404);
+    assert_eq!(served.get("/assets/..%2Fmod.rs").status, 404);
+
+    // JSON answers, rendered as a document, could load and run nothing.
+    let api = served.get("/api/v1/stages");
+    assert!(api
+        .head
+        .contains("content-security-policy: default-src 'none'; frame-ancestors 'none'"));
+}
+
+/// Reads from `stream` until `done` holds for what was read, or panics after 10 s.
+fn read_until(stream: &mut std::net::TcpStream, seen: &mut String, done: impl Fn(&str) -> bool) {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !done(seen) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stream so far: {seen:?}"
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("reading the stream: {e}"),
+        }
+    }
+}
+
+#[test]
+fn the_live_stream_announces_changes_and_ends_at_shutdown() {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = serve_until(settings(&[]), false, async {
+        let _ = stopped.await;
+    });
+    let mut stream = std::net::TcpStream::connect(served.address).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    stream
+        .write_all(b"GET /api/v1/stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, |s| {
+        s.contains("\n\n") && s.contains("data: ")
+    });
+    let head = seen.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/event-stream"), "{seen}");
+    let first = served.live.version();
+    assert!(
+        seen.contains(&format!("data: {{\"version\":{first}}}")),
+        "{seen}"
+    );
+    assert!(seen.contains("retry: 2000"), "{seen}");
+
+    // A change is announced by itself (what changed is fetched through the API).
+    served.live.changed();
+    let next = format!("data: {{\"version\":{}}}", first + 1);
+    read_until(&mut stream, &mut seen, |s| s.contains(&next));
+
+    // Shutting down ends the stream rather than waiting for the client to leave.
+    let asked = std::time::Instant::now();
+    stop.send(()).unwrap();
+    read_until(&mut stream, &mut seen, |_| false);
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(2),
+        "the stream ended {:?} after shutdown",
+        asked.elapsed()
+    );
 }
 
 /// promtool, from Debian's prometheus package (installed by .ci/run).

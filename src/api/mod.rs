@@ -1,15 +1,18 @@
 //! The HTTP surface beside the pipeline: `/metrics` for Prometheus, `/healthz` and
-//! `/readyz` for orchestrators, and a JSON API under `/api/v1` for people and tools.
+//! `/readyz` for orchestrators, a JSON API under `/api/v1` for people and tools, and the
+//! dashboard (`/`) that reads it.
 //!
 //! Every handler reads the [`Live`] state; none reaches into an engine, so a slow client
 //! or a scrape can never hold up detection. Responses carry `nosniff`, and everything
 //! that came from events is JSON-encoded, so a hostile stage name stays text.
 
+pub mod dashboard;
 mod flow;
 mod health;
 mod metrics;
 mod silences;
 mod stages;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,27 +23,33 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::Router;
+use axum::{Extension, Router};
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::live::Live;
 
 /// Request bodies (silences) are small; anything larger is refused unread.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// The routes, over one shared live state.
-pub fn router(live: Arc<Live>) -> Router {
+/// The routes, over one shared live state. `closing` turns true when the server shuts
+/// down, which ends the live streams.
+pub fn router(live: Arc<Live>, closing: watch::Receiver<bool>) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        // The link that alerts carry: the dashboard, with that stage open.
+        .route("/stages/{pipeline}/{stage}", get(dashboard::page))
+        .route("/assets/{name}", get(dashboard::asset))
         .route("/metrics", get(metrics::scrape))
         .route("/healthz", get(health::alive))
         .route("/readyz", get(health::ready))
         .route("/api/v1/stages", get(stages::list))
         .route("/api/v1/stages/{pipeline}/{stage}", get(stages::one))
-        // The link that alerts carry; the stage's JSON until a dashboard page serves it.
-        .route("/stages/{pipeline}/{stage}", get(stages::one))
+        .route("/api/v1/pipelines", get(stages::pipelines))
         .route("/api/v1/alerts", get(stages::alerts))
         .route("/api/v1/runs/{correlation_id}", get(flow::run))
         .route("/api/v1/pipelines/{pipeline}/graph", get(flow::graph))
+        .route("/api/v1/stream", get(stream::changes))
         .route(
             "/api/v1/silences",
             get(silences::list).post(silences::create),
@@ -48,7 +57,8 @@ pub fn router(live: Arc<Live>) -> Router {
         .route("/api/v1/silences/{id}", delete(silences::remove))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(nosniff))
+        .layer(Extension(stream::Closing(closing)))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(live)
 }
 
@@ -63,8 +73,13 @@ pub async fn serve(
         .await
         .with_context(|| format!("cannot listen on http.listen = {listen}"))?;
     let local = listener.local_addr()?;
-    tracing::info!(address = %local, "serving /metrics, /healthz, /readyz and /api/v1");
-    let server = axum::serve(listener, router(live)).with_graceful_shutdown(shutdown);
+    tracing::info!(address = %local, "serving the dashboard, /metrics, /healthz, /readyz and /api/v1");
+    let (closing, closed) = watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    };
+    let server = axum::serve(listener, router(live, closed)).with_graceful_shutdown(shutdown);
     let handle = tokio::spawn(async move {
         if let Err(err) = server.await {
             tracing::error!(error = %err, "the HTTP server stopped");
@@ -73,12 +88,20 @@ pub async fn serve(
     Ok((local, handle))
 }
 
-async fn nosniff(request: Request, next: Next) -> Response {
+/// A response rendered as a document may load and run nothing unless it says otherwise
+/// (the dashboard page sets its own policy), and no response is sniffed into another type.
+async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(
+            "default-src 'none'; frame-ancestors 'none'",
+        ));
     response
 }
 

@@ -37,6 +37,7 @@ pub async fn create(
     };
     match live.silences.create(request, SystemClock.now_ms()) {
         Ok(silence) => {
+            live.changed();
             tracing::info!(
                 id = %silence.id,
                 stages = %silence.stages,
@@ -61,6 +62,7 @@ pub async fn remove(
         return refusal;
     }
     if live.silences.delete(&id) {
+        live.changed();
         tracing::info!(%id, "silence deleted");
         StatusCode::NO_CONTENT.into_response()
     } else {

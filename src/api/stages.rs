@@ -1,5 +1,5 @@
 //! Stages and alerts, read-only: `/api/v1/stages`, `/api/v1/stages/{pipeline}/{stage}`,
-//! `/api/v1/alerts`.
+//! `/api/v1/pipelines`, `/api/v1/alerts`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub struct ListQuery {
     health: Option<String>,
     /// Only stages whose "pipeline/stage" contains this text (case-insensitive).
     q: Option<String>,
+    /// Only the stages of this pipeline (exact name).
+    pipeline: Option<String>,
     #[serde(default = "default_limit")]
     limit: usize,
 }
@@ -63,8 +65,8 @@ impl<'a> StageSummary<'a> {
     }
 }
 
-/// `GET /api/v1/stages[?health=anomalous][&q=orders][&limit=100]`: every stage this
-/// instance judges, worst health first, then by name.
+/// `GET /api/v1/stages[?health=anomalous][&q=orders][&pipeline=billing][&limit=100]`:
+/// every stage this instance judges, worst health first, then by name.
 pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>) -> Response {
     let health = match query.health.as_deref().map(|h| (h, Health::parse(h))) {
         Some((h, None)) => {
@@ -78,12 +80,17 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
     };
     let needle = query.q.as_deref().map(str::to_lowercase);
     let limit = query.limit.min(MAX_LIMIT);
-    let mut rows: Vec<(Health, String, String, serde_json::Value)> = Vec::new();
+    // Only keys while scanning: the page of stages asked for is serialized afterwards, so
+    // a dashboard showing 200 of 10,000 stages costs 200 summaries, not 10,000.
+    let mut rows: Vec<(Health, String, String)> = Vec::new();
     let mut total = 0usize;
     live.stages.for_each(|(pipeline, stage), view| {
         total += 1;
         let h = view.health();
         if health.is_some_and(|wanted| wanted != h) {
+            return;
+        }
+        if query.pipeline.as_ref().is_some_and(|p| p != pipeline) {
             return;
         }
         if let Some(needle) = &needle {
@@ -94,17 +101,129 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
                 return;
             }
         }
-        let summary = serde_json::to_value(StageSummary::of(pipeline, stage, view))
-            .expect("a stage summary serializes");
-        rows.push((h, pipeline.clone(), stage.clone(), summary));
+        rows.push((h, pipeline.clone(), stage.clone()));
     });
-    rows.sort_by(|a, b| (a.0, &a.1, &a.2).cmp(&(b.0, &b.1, &b.2)));
+    rows.sort();
     let matched = rows.len();
-    let stages: Vec<serde_json::Value> = rows.into_iter().take(limit).map(|r| r.3).collect();
+    let stages: Vec<serde_json::Value> = rows
+        .iter()
+        .take(limit)
+        .filter_map(|(_, pipeline, stage)| {
+            // None: the stage left the board since the scan (revoked, forgotten).
+            live.stages.read(pipeline, stage, |view| {
+                serde_json::to_value(StageSummary::of(pipeline, stage, view))
+                    .expect("a stage summary serializes")
+            })
+        })
+        .collect();
     super::ok(&serde_json::json!({
         "total": total,
         "matched": matched,
         "stages": stages,
+    }))
+}
+
+/// A pipeline's stages counted by health.
+#[derive(Serialize, Default)]
+struct HealthCounts {
+    silent: u32,
+    anomalous: u32,
+    warming_up: u32,
+    ok: u32,
+}
+
+impl HealthCounts {
+    fn add(&mut self, health: Health) {
+        match health {
+            Health::Silent => self.silent += 1,
+            Health::Anomalous => self.anomalous += 1,
+            Health::WarmingUp => self.warming_up += 1,
+            Health::Ok => self.ok += 1,
+        }
+    }
+
+    /// The worst health counted (`Ok` when none).
+    fn worst(&self) -> Health {
+        if self.silent > 0 {
+            Health::Silent
+        } else if self.anomalous > 0 {
+            Health::Anomalous
+        } else if self.warming_up > 0 {
+            Health::WarmingUp
+        } else {
+            Health::Ok
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PipelineSummary {
+    pipeline: String,
+    stages: u32,
+    /// The worst health of its stages.
+    health: Health,
+    counts: HealthCounts,
+    /// Alerts of its stages firing now (silence excepted, as for a stage).
+    firing: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PipelinesQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+/// `GET /api/v1/pipelines[?limit=N]`: each pipeline with its stages counted by health,
+/// worst first, and the counts over all stages. A few bytes a pipeline: the overview a
+/// dashboard can fetch on every update, however many stages there are.
+pub async fn pipelines(
+    State(live): State<Arc<Live>>,
+    Query(query): Query<PipelinesQuery>,
+) -> Response {
+    let mut all = HealthCounts::default();
+    let mut by_pipeline: BTreeMap<String, PipelineSummary> = BTreeMap::new();
+    live.stages.for_each(|(pipeline, _), view| {
+        let health = view.health();
+        all.add(health);
+        // Look up by &str first: most calls find their pipeline, and need no String.
+        let summary = match by_pipeline.get_mut(pipeline.as_str()) {
+            Some(summary) => summary,
+            None => by_pipeline
+                .entry(pipeline.clone())
+                .or_insert_with(|| PipelineSummary {
+                    pipeline: pipeline.clone(),
+                    stages: 0,
+                    health: Health::Ok,
+                    counts: HealthCounts::default(),
+                    firing: 0,
+                }),
+        };
+        summary.stages += 1;
+        summary.counts.add(health);
+        summary.firing += view.firing;
+    });
+    let mut rows: Vec<PipelineSummary> = by_pipeline
+        .into_values()
+        .map(|mut p| {
+            p.health = p.counts.worst();
+            p
+        })
+        .collect();
+    // Worst first; among equals, the one with more stages in that state.
+    rows.sort_by(|a, b| {
+        let bad = |p: &PipelineSummary| p.counts.silent + p.counts.anomalous;
+        (a.health, std::cmp::Reverse(bad(a)), &a.pipeline).cmp(&(
+            b.health,
+            std::cmp::Reverse(bad(b)),
+            &b.pipeline,
+        ))
+    });
+    let total = rows.len();
+    rows.truncate(query.limit.min(MAX_LIMIT));
+    super::ok(&serde_json::json!({
+        "total": total,
+        "stages": all,
+        "pipelines": rows,
     }))
 }
 

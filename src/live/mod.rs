@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod silences;
 pub mod stages;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::Serialize;
@@ -62,6 +63,10 @@ pub struct Live {
     pub api_token: String,
     pub metrics_max_stages: usize,
     readiness: Mutex<Readiness>,
+    /// Bumped whenever what the API shows changes (buckets scored, alerts, silences,
+    /// stages gone): the dashboard's live stream tells browsers to refetch when it
+    /// moves. One relaxed add per bucket-closing batch, nothing per event.
+    version: AtomicU64,
 }
 
 impl Live {
@@ -76,7 +81,18 @@ impl Live {
             api_token: settings.http.api_token.clone(),
             metrics_max_stages: settings.http.metrics_max_stages,
             readiness: Mutex::new(Readiness::default()),
+            version: AtomicU64::new(0),
         }
+    }
+
+    /// A number that changes whenever the stages, alerts or silences shown change.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Notes that what the API shows changed.
+    pub fn changed(&self) {
+        self.version.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records one notification on its way out and says whether to email it. A firing
@@ -93,6 +109,7 @@ impl Live {
         }
         let (change, email) = self.alerts.record(alert, silence.is_none());
         self.note_change(alert, change);
+        self.changed();
         self.telemetry.record_alert(alert);
         email
     }
@@ -102,6 +119,7 @@ impl Live {
     pub fn restore_alert(&self, alert: &Alert) {
         let change = self.alerts.restore(alert);
         self.note_change(alert, change);
+        self.changed();
     }
 
     fn note_change(&self, alert: &Alert, change: Change) {
@@ -120,6 +138,9 @@ impl Live {
     /// Takes in an engine's scored buckets and forgotten stages (draining them), after
     /// its alerts went through [`Live::record_alert`].
     pub fn observe(&self, out: &mut Outputs, owner: Option<&Owner>) {
+        if out.scores.is_empty() && out.forgotten.is_empty() {
+            return;
+        }
         if !out.scores.is_empty() {
             self.stages.add_scores(&out.scores, owner);
             out.scores.clear();
@@ -127,12 +148,14 @@ impl Live {
         for (pipeline, stage) in out.forgotten.drain(..) {
             self.stages.forget(&pipeline, &stage);
         }
+        self.changed();
     }
 
     /// A partition was revoked: its stages and their alerts are now another instance's.
     pub fn revoke(&self, owner: &Owner) {
         let gone = self.stages.forget_owner(owner);
         self.alerts.forget_stages(&gone);
+        self.changed();
     }
 
     /// The service's connection state, for `/readyz`.

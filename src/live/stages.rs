@@ -228,6 +228,19 @@ impl StageBoard {
             .map(|v| v.clone())
     }
 
+    /// Calls `f` with one stage's view, if the stage is on the board, without copying it
+    /// (its shard locked for reading meanwhile).
+    pub fn read<R>(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        f: impl FnOnce(&StageView) -> R,
+    ) -> Option<R> {
+        self.stages
+            .get(&(pipeline.to_string(), stage.to_string()))
+            .map(|v| f(&v))
+    }
+
     /// Calls `f` with every stage in turn (each shard locked for reading meanwhile).
     pub fn for_each(&self, mut f: impl FnMut(&StageKey, &StageView)) {
         for entry in self.stages.iter() {

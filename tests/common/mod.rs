@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod smtp;
+pub mod webdriver;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,7 +33,9 @@ impl Reply {
 }
 
 /// One HTTP/1.1 request over a new connection (`Connection: close`): enough for
-/// pipewatch's API and Prometheus', without an HTTP client crate.
+/// pipewatch's API, Prometheus' and chromedriver's, without an HTTP client crate. The
+/// body ends at `Content-Length` when the server sends one (chromedriver keeps the
+/// connection open however it is asked), else where the server closes the connection.
 pub fn request(
     address: SocketAddr,
     method: &str,
@@ -41,7 +44,7 @@ pub fn request(
     body: &str,
 ) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -53,7 +56,30 @@ pub fn request(
     request.push_str(body);
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    let mut chunk = [0u8; 64 * 1024];
+    let mut expected_len = None;
+    loop {
+        if let Some(end) = expected_len {
+            if raw.len() >= end {
+                break;
+            }
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if expected_len.is_none() {
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+                expected_len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .map(|len| split + 4 + len);
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")

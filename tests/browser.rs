@@ -1,0 +1,563 @@
+//! The dashboard in a real browser: headless Chromium, driven over WebDriver by
+//! chromedriver (Debian's `chromium` and `chromium-driver`), looking at a running
+//! `pipewatch replay --serve` that reads simulated events from its standard input.
+//!
+//! The input is two simulated days with one fault of each kind, split where the injected
+//! drop on one stage starts. Phase 1 (everything before the drop) goes in first, with two
+//! additions: a stage named `<img src=x onerror=alert(1)>` whose volume collapses (so it
+//! fires an alert whose summary carries the name), and 1,000 small stages that appear in
+//! the last minutes (so the page has to cope with a thousand rows). The page is loaded, the
+//! stage is `ok`; then phase 2 (the drop) is written and, without a reload, the stage turns
+//! `anomalous`; its charts show the band and the anomalous buckets, and a screenshot is
+//! saved to `target/browser/dashboard.png` (CI prints the path).
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::webdriver::Browser;
+
+const HOSTILE_STAGE: &str = "<img src=x onerror=alert(1)>";
+const HOSTILE_PIPELINE: &str = "evil";
+/// 20 pipelines of 50 stages: the thousand-stage page.
+const BULK_PIPELINES: usize = 20;
+const BULK_STAGES: usize = 50;
+const MINUTE_MS: i64 = 60_000;
+/// How long after the drop starts phase 2 runs: the drop alerts within two buckets.
+const PHASE_2_MS: i64 = 20 * MINUTE_MS;
+/// Longest wait for the page to show a change (the stream checks twice a second).
+const PAGE_UPDATE: Duration = Duration::from_secs(30);
+
+fn pipewatch() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewatch"));
+    // Tests must not pick up a developer's environment.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PIPEWATCH__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Where CI picks up artifacts: `target/` (beside the binary under test).
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_pipewatch"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary sits in target/<profile>/")
+        .to_path_buf()
+}
+
+/// The stage the injected drop hits, and when.
+struct Fault {
+    pipeline: String,
+    stage: String,
+    start_ms: i64,
+}
+
+struct Input {
+    phase1: String,
+    phase2: String,
+    fault: Fault,
+    /// The newest event time of phase 1.
+    phase1_end_ms: i64,
+    stages: usize,
+}
+
+/// The `timestamp` of a simulated event written with `--timestamp-format epoch-ms`.
+fn timestamp(line: &str) -> i64 {
+    let at = line.find("\"timestamp\":").expect("a timestamp") + "\"timestamp\":".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().expect("an epoch-ms timestamp")
+}
+
+fn event(pipeline: &str, stage: &str, at_ms: i64, records: u64) -> String {
+    json!({
+        "pipeline": pipeline,
+        "stage": stage,
+        "timestamp": at_ms,
+        "records_in": records,
+        "records_out": records,
+        "duration_ms": 100.0,
+    })
+    .to_string()
+}
+
+fn build_input(dir: &Path) -> Input {
+    let events = dir.join("events.ndjson");
+    let labels = dir.join("labels.ndjson");
+    let out = pipewatch()
+        .args([
+            "simulate",
+            "--duration",
+            "2d",
+            "--timestamp-format",
+            "epoch-ms",
+        ])
+        .arg("--output")
+        .arg(&events)
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .expect("pipewatch simulate runs");
+    assert!(
+        out.status.success(),
+        "simulate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drop: Value = std::fs::read_to_string(&labels)
+        .expect("labels")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a label"))
+        .find(|l| l["kind"] == "drop")
+        .expect("the default plan injects a drop");
+    let fault = Fault {
+        pipeline: drop["pipeline"].as_str().unwrap().to_string(),
+        stage: drop["stage"].as_str().unwrap().to_string(),
+        start_ms: chrono::DateTime::parse_from_rfc3339(drop["start"].as_str().unwrap())
+            .expect("an RFC 3339 start")
+            .timestamp_millis(),
+    };
+    let simulated = std::fs::read_to_string(&events).expect("events");
+    let first_ms = timestamp(simulated.lines().next().expect("events"));
+
+    // The additions, stamped between the simulated events.
+    let mut extra: Vec<(i64, String)> = Vec::new();
+    let collapse_from = fault.start_ms - 15 * MINUTE_MS;
+    let mut at = first_ms + 30_000;
+    let mut minute = 0u64;
+    while at < fault.start_ms {
+        let records = if at >= collapse_from {
+            5
+        } else {
+            1000 + (minute % 5) * 10
+        };
+        extra.push((at, event(HOSTILE_PIPELINE, HOSTILE_STAGE, at, records)));
+        at += MINUTE_MS;
+        minute += 1;
+    }
+    for minutes_before in 1..=5 {
+        let at = fault.start_ms - minutes_before * MINUTE_MS;
+        for p in 0..BULK_PIPELINES {
+            for s in 0..BULK_STAGES {
+                let (pipeline, stage) = (format!("bulk-{p:02}"), format!("stage-{s:03}"));
+                extra.push((at, event(&pipeline, &stage, at, 10 + s as u64)));
+            }
+        }
+    }
+    extra.sort_by_key(|(at, _)| *at);
+
+    let mut phase1 = String::new();
+    let mut phase2 = String::new();
+    let mut extra = extra.into_iter().peekable();
+    let mut phase1_end_ms = 0;
+    for line in simulated.lines() {
+        let at = timestamp(line);
+        while let Some((_, e)) = extra.next_if(|(e_at, _)| *e_at <= at) {
+            phase1.push_str(&e);
+            phase1.push('\n');
+        }
+        if at < fault.start_ms {
+            phase1.push_str(line);
+            phase1.push('\n');
+            phase1_end_ms = at;
+        } else if at < fault.start_ms + PHASE_2_MS {
+            phase2.push_str(line);
+            phase2.push('\n');
+        }
+    }
+    let simulated_stages = 16;
+    Input {
+        phase1,
+        phase2,
+        fault,
+        phase1_end_ms,
+        stages: simulated_stages + 1 + BULK_PIPELINES * BULK_STAGES,
+    }
+}
+
+/// `pipewatch replay --input - --serve` on a free loopback port; killed on drop.
+struct Replay {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    address: SocketAddr,
+    log: PathBuf,
+}
+
+impl Replay {
+    fn start(dir: &Path) -> Replay {
+        let port = common::free_port();
+        let address: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = dir.join("replay.log");
+        let mut child = pipewatch()
+            .args(["replay", "--input", "-", "--serve", "--output"])
+            .arg(dir.join("alerts.ndjson"))
+            .env("PIPEWATCH__HTTP__LISTEN", address.to_string())
+            .env(
+                "PIPEWATCH__ALERTS__DASHBOARD_URL",
+                format!("http://{address}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("pipewatch replay starts");
+        let stdin = child.stdin.take();
+        let replay = Replay {
+            child,
+            stdin,
+            address,
+            log,
+        };
+        replay.poll("the HTTP server", Duration::from_secs(20), || {
+            common::request(address, "GET", "/healthz", &[], "")
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        });
+        replay
+    }
+
+    fn write(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().expect("standard input open");
+        stdin.write_all(text.as_bytes()).expect("replay reads");
+        stdin.flush().expect("replay reads");
+    }
+
+    fn end_input(&mut self) {
+        self.stdin.take();
+    }
+
+    fn get(&self, path: &str) -> Value {
+        common::get(self.address, path).json()
+    }
+
+    /// Calls `attempt` every 100 ms until it succeeds; panics at the deadline with the
+    /// last error and the replay's log.
+    fn poll<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut attempt: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match attempt() {
+                Ok(value) => return value,
+                Err(last) if Instant::now() >= deadline => panic!(
+                    "timed out after {timeout:?} waiting for {what}: {last}\nreplay log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "replay did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ms(rfc3339: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
+        .expect("an RFC 3339 time")
+        .timestamp_millis()
+}
+
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The table rows of the page, as the test reads them.
+const ROWS: &str = "
+    const t = document.getElementById('stages');
+    const rows = [...t.tBodies[0].rows].filter((r) => r.dataset.stage !== undefined);
+    return {
+        rows: rows.length,
+        renderMs: Number(t.dataset.renderMs),
+        footer: document.getElementById('stages-footer').textContent,
+        pipelines: [...new Set(rows.map((r) => r.dataset.pipeline))],
+        health: rows.map((r) => [r.dataset.pipeline, r.dataset.stage, r.dataset.health,
+            r.querySelector('.health').textContent]),
+    };";
+
+#[test]
+fn the_dashboard_shows_a_fault_live_and_escapes_hostile_names() {
+    common::webdriver::require_tools();
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = build_input(dir.path());
+    let fault = &input.fault;
+    let mut replay = Replay::start(dir.path());
+
+    // Phase 1: everything before the drop.
+    replay.write(&input.phase1);
+    let stage_api = format!("/api/v1/stages/{}/{}", fault.pipeline, fault.stage);
+    // Buckets close once the newest event is 30 s (allowed lateness) past their end.
+    let closed_by = (input.phase1_end_ms / MINUTE_MS - 1) * MINUTE_MS;
+    let before = replay.poll("phase 1 to be processed", Duration::from_secs(60), || {
+        let stage = replay.get(&stage_api);
+        let total = replay.get("/api/v1/stages?limit=1")["total"].as_u64();
+        match (stage.get("last_bucket_end"), total) {
+            (Some(end), Some(total)) if ms(end) >= closed_by && total as usize == input.stages => {
+                Ok(stage)
+            }
+            _ => Err(format!("stage {stage}, {total:?} stages")),
+        }
+    });
+    assert_eq!(
+        before["health"], "ok",
+        "{}/{} must be ok before its fault",
+        fault.pipeline, fault.stage
+    );
+    let hostile = replay.get(&format!(
+        "/api/v1/stages/{HOSTILE_PIPELINE}/{}",
+        segment(HOSTILE_STAGE)
+    ));
+    assert_eq!(hostile["health"], "anomalous", "{hostile}");
+
+    let browser = Browser::start(1400, 1000);
+    let url = format!("http://{}", replay.address);
+    browser.goto(&format!("{url}/"));
+    browser.wait_for(
+        "the page to fill in and go live",
+        PAGE_UPDATE,
+        "return document.getElementById('live').dataset.state === 'live'
+            && document.querySelectorAll('#stages tbody tr[data-stage]').length > 0",
+        json!([]),
+    );
+
+    // A hostile stage name is text wherever it shows: the table and the alert summary.
+    let shown = browser.wait_for(
+        "the hostile stage in the table and in an alert",
+        PAGE_UPDATE,
+        "const name = arguments[0];
+         const cells = [...document.querySelectorAll('#stages td.stage')]
+             .filter((td) => td.textContent === name);
+         const alerts = [...document.querySelectorAll('#alerts .summary-text')]
+             .filter((d) => d.textContent.includes(name));
+         if (!cells.length || !alerts.length) return null;
+         const link = cells[0].firstChild;
+         return {
+             textNodes: link.childNodes.length === 1 && link.firstChild.nodeType === Node.TEXT_NODE,
+             img: document.getElementsByTagName('img').length,
+             onerror: document.querySelectorAll('[onerror]').length,
+         };",
+        json!([HOSTILE_STAGE]),
+    );
+    assert_eq!(
+        shown,
+        json!({"textNodes": true, "img": 0, "onerror": 0}),
+        "the hostile name became markup"
+    );
+    assert_eq!(browser.dialog_text(), None, "a dialog opened");
+
+    // A thousand stages: the table holds one page of them, worst first, and the filter
+    // narrows it down.
+    let all = browser.script(ROWS, json!([]));
+    let total = input.stages;
+    assert_eq!(all["rows"], 200, "{all}");
+    assert!(
+        all["footer"].as_str().unwrap().starts_with(&format!(
+            "Showing 200 of {},{:03} matching",
+            total / 1000,
+            total % 1000
+        )),
+        "{all}"
+    );
+    let render_ms = all["renderMs"].as_f64().unwrap();
+    eprintln!("{total} stages: the table rendered 200 rows in {render_ms} ms");
+    // A freeze guard, not a benchmark: rendering 200 rows takes milliseconds.
+    assert!(
+        render_ms < 5_000.0,
+        "the table took {render_ms} ms to render"
+    );
+    let overview = browser.screenshot(&target_dir().join("browser").join("overview.png"));
+    eprintln!("screenshot: {}", overview.display());
+    browser.type_into("#filter", "bulk-07/");
+    let bulk = browser.wait_for(
+        "the filter to show one bulk pipeline",
+        PAGE_UPDATE,
+        &format!(
+            "{} const r = rows(); return r.rows === {BULK_STAGES} ? r : null;",
+            rows_fn()
+        ),
+        json!([]),
+    );
+    assert_eq!(bulk["pipelines"], json!(["bulk-07"]), "{bulk}");
+
+    // The faulty stage, filtered to, is ok.
+    let name = format!("{}/{}", fault.pipeline, fault.stage);
+    browser.type_into("#filter", &name);
+    let health_of = format!(
+        "{} const r = rows();
+         return r.rows === 1 && r.health[0][0] === arguments[0] && r.health[0][1] === arguments[1]
+             ? r.health[0] : null;",
+        rows_fn()
+    );
+    let args = json!([fault.pipeline, fault.stage]);
+    let row = browser.wait_for(
+        "the stage alone in the table",
+        PAGE_UPDATE,
+        &health_of,
+        args.clone(),
+    );
+    assert_eq!(row[2], "ok", "{row}");
+    assert_eq!(row[3], "ok", "the health shows as a word: {row}");
+
+    // Phase 2: the drop. The page turns the stage anomalous by itself.
+    browser.script(
+        "window.pipewatchTestMarker = 'loaded once'; return null;",
+        json!([]),
+    );
+    replay.write(&input.phase2);
+    replay.end_input();
+    let turned = browser.wait_for(
+        "the stage to turn anomalous without a reload",
+        PAGE_UPDATE,
+        &format!(
+            "if (window.pipewatchTestMarker !== 'loaded once') return 'the page was reloaded';
+             const row = (() => {{ {health_of} }})();
+             return row && row[2] === 'anomalous' ? row : null;"
+        ),
+        args.clone(),
+    );
+    assert_eq!(turned[3], "anomalous", "{turned}");
+    // The rest of phase 2 in, so the page settles before it is clicked and captured.
+    replay.poll(
+        "the replay to finish",
+        Duration::from_secs(30),
+        || match common::get(replay.address, "/readyz").status {
+            200 => Ok(()),
+            status => Err(format!("readyz {status}")),
+        },
+    );
+
+    // Its charts: the band shaded, the anomalous buckets marked.
+    browser.click("#stages tbody tr[data-stage] a.stage-link");
+    let chart = browser.wait_for(
+        "the stage's charts with an anomalous bucket",
+        PAGE_UPDATE,
+        "const chart = document.querySelector('#detail:not([hidden]) svg.chart[data-metric=\"records\"]');
+         if (!chart || !chart.querySelector('circle.anomaly')) return null;
+         const band = chart.querySelector('path.band');
+         return {
+             path: location.pathname,
+             title: document.getElementById('detail-stage').textContent,
+             health: document.getElementById('detail-health').textContent,
+             band: band ? band.getAttribute('d').length : 0,
+             value: !!chart.querySelector('path.value'),
+             expected: !!chart.querySelector('path.expected'),
+             anomalies: chart.querySelectorAll('circle.anomaly').length,
+             charts: document.querySelectorAll('#charts svg.chart').length,
+             alerts: [...document.querySelectorAll('#detail-alerts li .kind')].map((k) => k.textContent),
+         };",
+        json!([]),
+    );
+    assert_eq!(
+        chart["path"],
+        format!("/stages/{}/{}", fault.pipeline, fault.stage),
+        "{chart}"
+    );
+    assert_eq!(chart["title"], fault.stage.as_str());
+    assert_eq!(chart["health"], "anomalous");
+    assert!(chart["band"].as_u64().unwrap() > 0, "{chart}");
+    assert_eq!(
+        (chart["value"].clone(), chart["expected"].clone()),
+        (json!(true), json!(true))
+    );
+    assert!(chart["charts"].as_u64().unwrap() >= 7, "{chart}");
+    assert!(
+        chart["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "throughput_drop"),
+        "{chart}"
+    );
+    let shot = browser.screenshot(&target_dir().join("browser").join("dashboard.png"));
+    eprintln!("screenshot: {}", shot.display());
+
+    // The link an alert carries opens the dashboard on its stage, the hostile one too.
+    let alerts = replay.get("/api/v1/alerts");
+    let link = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["stage"] == HOSTILE_STAGE)
+        .and_then(|a| a["annotations"]["dashboard"].as_str())
+        .expect("the hostile stage's alert carries a link")
+        .to_string();
+    browser.goto(&link);
+    let opened = browser.wait_for(
+        "the alert's link to open its stage",
+        PAGE_UPDATE,
+        "const title = document.getElementById('detail-stage').textContent;
+         return title === arguments[0] && document.querySelector('#charts svg.chart')
+             ? { img: document.getElementsByTagName('img').length } : null;",
+        json!([HOSTILE_STAGE]),
+    );
+    assert_eq!(opened["img"], 0);
+    assert_eq!(browser.dialog_text(), None, "a dialog opened");
+
+    // Nothing the page did broke its policy or threw.
+    let console = browser.console();
+    let severe: Vec<&(String, String)> = console
+        .iter()
+        .filter(|(level, _)| level == "SEVERE")
+        .collect();
+    assert!(severe.is_empty(), "browser console errors: {severe:?}");
+
+    // A stop is not held up by the open live stream.
+    let stopping = Instant::now();
+    let status = replay.terminate();
+    assert!(status.success(), "replay exited with {status}");
+    eprintln!(
+        "stopped in {:?} with the page connected; whole test {:?}",
+        stopping.elapsed(),
+        started.elapsed()
+    );
+    drop(browser);
+}
+
+/// `rows()` in the page: [`ROWS`] as a function, for scripts that wait on it.
+fn rows_fn() -> String {
+    format!("const rows = () => {{ {ROWS} }};")
+}
