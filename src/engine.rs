@@ -23,7 +23,7 @@ use crate::config::{Direction, Settings, SilenceSettings};
 use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
-use crate::flow::{FlowFigure, FlowTracker, SharedFlow};
+use crate::flow::{FlowTracker, SettledFigure, SharedFlow};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
 use crate::window::{Bucket, Reported};
@@ -58,6 +58,8 @@ pub struct Stats {
     pub buckets_skipped: u64,
     pub alerts_firing: u64,
     pub alerts_resolved: u64,
+    /// Data-flow figures whose bucket had closed before their run settled.
+    pub flow_figures_late: u64,
 }
 
 impl Stats {
@@ -83,6 +85,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.buckets_skipped += other.buckets_skipped;
         self.alerts_firing += other.alerts_firing;
         self.alerts_resolved += other.alerts_resolved;
+        self.flow_figures_late += other.flow_figures_late;
     }
 }
 
@@ -173,6 +176,23 @@ impl Stage {
                 bucket
             }
             None => Bucket::new(index),
+        }
+    }
+
+    /// The open bucket `index`, opened (in order) if it is not yet.
+    fn open_bucket(&mut self, index: i64) -> &mut Bucket {
+        match self.open.iter().position(|b| b.index >= index) {
+            Some(p) if self.open[p].index == index => &mut self.open[p],
+            Some(p) => {
+                let new = self.new_bucket(index);
+                self.open.insert(p, new);
+                &mut self.open[p]
+            }
+            None => {
+                let new = self.new_bucket(index);
+                self.open.push(new);
+                self.open.last_mut().expect("just pushed")
+            }
         }
     }
 
@@ -328,7 +348,7 @@ pub struct Engine {
     flow: Option<(SharedFlow, usize)>,
     /// Event time up to which the flow tracker has been told.
     flow_clock_ms: i64,
-    flow_figures: Vec<FlowFigure>,
+    flow_figures: Vec<SettledFigure>,
 }
 
 impl Engine {
@@ -448,8 +468,7 @@ impl Engine {
             return Outcome::StageLimit;
         };
         if let (Some((flow, source)), Some(_)) = (&self.flow, &event.correlation_id) {
-            let mut tracker = crate::flow::lock(flow);
-            tracker.observe(*source, event, &mut self.flow_figures, &mut out.alerts);
+            crate::flow::lock(flow).observe(*source, event, &mut out.alerts);
         }
         self.add_to_stage(index, event, bucket);
         if let Some(h) = id_hash {
@@ -473,7 +492,50 @@ impl Engine {
             // A partition with nothing in it is caught up too: it must not hold the
             // data-flow clock back for ever.
             crate::flow::lock(flow).advance(*source, now_ms, &mut out.alerts);
+            self.take_flow_figures();
         }
+    }
+
+    /// Takes the data-flow figures of this engine's stages into their buckets. A figure
+    /// whose bucket has closed already is counted (`flow_figures_late`) and dropped.
+    fn take_flow_figures(&mut self) {
+        let Some((flow, _)) = &self.flow else {
+            return;
+        };
+        let mut figures = std::mem::take(&mut self.flow_figures);
+        {
+            let (stages, index, hasher) = (&self.stages, &self.index, &self.hasher);
+            let owns = |pipeline: &str, stage: &str| {
+                let hash = hasher.hash_one((pipeline, stage));
+                index
+                    .find(hash, |&i| {
+                        let s = &stages[i as usize];
+                        *s.pipeline == *pipeline && *s.stage == *stage
+                    })
+                    .is_some()
+            };
+            crate::flow::lock(flow).take_settled(owns, |f| figures.push(f));
+        }
+        for f in figures.drain(..) {
+            let bucket = f.end_ms.div_euclid(self.bucket_ms);
+            if bucket <= self.closed_through {
+                self.stats.flow_figures_late += 1;
+                continue;
+            }
+            let hash = self.hasher.hash_one((&*f.pipeline, &*f.stage));
+            let stages = &self.stages;
+            let Some(&i) = self.index.find(hash, |&i| {
+                let s = &stages[i as usize];
+                *s.pipeline == *f.pipeline && *s.stage == *f.stage
+            }) else {
+                continue;
+            };
+            let index = i as usize;
+            let slot = self.flow_slot(index, f.metric);
+            let stage = &mut self.stages[index];
+            stage.open_bucket(bucket).add_figure(slot, f.value);
+        }
+        self.flow_figures = figures;
     }
 
     /// End of a finite input (replay): closes every bucket that is complete, without
@@ -546,24 +608,8 @@ impl Engine {
                 figures.push((slot, *x));
             }
         }
-        for (name, x) in std::mem::take(&mut self.flow_figures).drain(..) {
-            figures.push((self.flow_slot(index, name), x));
-        }
         let stage = &mut self.stages[index];
-        let position = stage.open.iter().position(|b| b.index >= bucket);
-        let open = match position {
-            Some(p) if stage.open[p].index == bucket => &mut stage.open[p],
-            Some(p) => {
-                let new = stage.new_bucket(bucket);
-                stage.open.insert(p, new);
-                &mut stage.open[p]
-            }
-            None => {
-                let new = stage.new_bucket(bucket);
-                stage.open.push(new);
-                stage.open.last_mut().expect("just pushed")
-            }
-        };
+        let open = stage.open_bucket(bucket);
         open.add(event, figures.iter().copied(), self.max_correlation_ids);
         stage.gaps.observe(event.timestamp_ms, &self.silence);
         self.quality_buf = figures;
@@ -632,6 +678,7 @@ impl Engine {
             if ts >= self.flow_clock_ms.saturating_add(1000) {
                 self.flow_clock_ms = ts;
                 crate::flow::lock(flow).advance(*source, ts, &mut out.alerts);
+                self.take_flow_figures();
             }
         }
         let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;

@@ -52,9 +52,9 @@ pub const BUILTIN_SLOTS: usize = Builtin::ALL.len();
 pub enum MetricName<'a> {
     Builtin(Builtin),
     Quality(&'a str),
-    /// A data-flow figure, by its full name: `hop_delay.<upstream stage>` (seconds from
-    /// the upstream stage's end to this stage's start) or `e2e_latency` (seconds from a
-    /// run's first start to its end at this stage). See `crate::flow`.
+    /// A data-flow figure: `hop_delay` (milliseconds from the end of the last of the
+    /// stage's upstream stages to its start) or `e2e_latency` (milliseconds from a run's
+    /// first start to its end at this stage). See `crate::flow`.
     Flow(&'a str),
 }
 

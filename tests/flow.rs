@@ -255,11 +255,11 @@ fn a_slower_hop_alerts_as_latency_on_its_delay_metric() {
         );
     }
     let slow = p.of_kind("latency");
-    let hop: Vec<&&Alert> = slow.iter().filter(|a| a.metric == "hop_delay.a").collect();
+    let hop: Vec<&&Alert> = slow.iter().filter(|a| a.metric == "hop_delay").collect();
     assert!(!hop.is_empty(), "{slow:?}");
     assert_eq!(hop[0].stage, "b");
     assert!(
-        hop[0].summary.contains("hand-over delay from a rose to"),
+        hop[0].summary.contains("p/b hand-over delay rose to"),
         "{}",
         hop[0].summary
     );

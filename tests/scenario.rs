@@ -179,3 +179,8 @@ fn a_healthy_week_has_no_lost_stuck_or_failed_runs() {
     println!("{} alerts in a fault-free week", run.alerts.len());
     assert!(flow.is_empty(), "{flow:#?}");
 }
+
+#[test]
+fn a_week_with_lost_records_a_stuck_run_and_a_slow_hop() {
+    check(&replay(42, Duration::ZERO, FaultPlan::Flow));
+}

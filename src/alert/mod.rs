@@ -252,15 +252,15 @@ fn summary(f: &AlertFacts, status: AlertStatus, bucket_ms: i64) -> String {
         ),
         AlertKind::Latency if f.metric == "e2e_latency" => (
             "end-to-end latency".to_string(),
-            format!("{} s", human_number(f.value)),
+            format!("{} ms", human_number(f.value)),
             human_number(f.lower),
-            format!("{} s", human_number(f.upper)),
+            format!("{} ms", human_number(f.upper)),
         ),
-        AlertKind::Latency if f.metric.starts_with("hop_delay.") => (
-            format!("hand-over delay from {}", &f.metric["hop_delay.".len()..]),
-            format!("{} s", human_number(f.value)),
+        AlertKind::Latency if f.metric == "hop_delay" => (
+            "hand-over delay".to_string(),
+            format!("{} ms", human_number(f.value)),
             human_number(f.lower),
-            format!("{} s", human_number(f.upper)),
+            format!("{} ms", human_number(f.upper)),
         ),
         AlertKind::Latency => (
             "p95 duration".to_string(),

@@ -72,8 +72,6 @@ impl HopStats {
 #[derive(Debug, Clone)]
 pub struct FlowStage {
     pub name: Arc<str>,
-    /// The name of the metric of this stage's delay as an upstream: `hop_delay.<name>`.
-    pub hop_metric: Arc<str>,
     /// Upstream stages named by producers.
     pub declared: Vec<u16>,
     /// Upstream stages seen to end right before this one starts, with how many runs.
@@ -121,7 +119,6 @@ impl PipelineFlow {
         }
         self.stages.push(FlowStage {
             name: Arc::from(name),
-            hop_metric: Arc::from(format!("hop_delay.{name}")),
             declared: Vec::new(),
             learned: Vec::new(),
             runs: 0,
@@ -231,8 +228,7 @@ impl PipelineFlow {
                 .iter()
                 .map(|s| {
                     std::mem::size_of::<FlowStage>()
-                        + 2 * s.name.len()
-                        + 10
+                        + s.name.len()
                         + s.declared.capacity() * 2
                         + s.learned.capacity() * 8
                         + s.hops

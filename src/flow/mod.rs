@@ -15,9 +15,9 @@
 //!   success within `flow.stuck_min`.
 //!
 //! It also measures, for the detectors to judge like any other metric of the stage, the
-//! hand-over delay of each hop (`hop_delay.<upstream>`, seconds from the upstream's end
-//! to this stage's start) and each run's end-to-end latency at its final stages
-//! (`e2e_latency`, seconds from the run's first start).
+//! hand-over delay into each stage (`hop_delay`, milliseconds from the end of the last of
+//! its upstream stages to its start) and each run's end-to-end latency at its final stages
+//! (`e2e_latency`, milliseconds from the run's first start).
 //!
 //! Time is event time. The tracker's clock is the slowest of its sources' watermarks
 //! (one per partition engine in `pipewatch run`), so a partition catching up never makes
@@ -54,9 +54,18 @@ pub fn lock(flow: &SharedFlow) -> MutexGuard<'_, FlowTracker> {
         .expect("the flow tracker is never left half-updated by a panic that is caught")
 }
 
-/// A figure the tracker measured for the stage of the event it was given: a metric name
-/// (`hop_delay.<upstream>` or `e2e_latency`) and its value in seconds.
-pub type FlowFigure = (Arc<str>, f64);
+/// A figure the tracker measured for a stage once a run settled there: a metric
+/// (`hop_delay` or `e2e_latency`) and its value in milliseconds, the unit of every
+/// duration in events (`duration_ms`) and of `duration_p95`. The engine that judges the
+/// stage takes it into the bucket of `end_ms` ([`FlowTracker::take_settled`]).
+#[derive(Debug, Clone)]
+pub struct SettledFigure {
+    pub pipeline: Arc<str>,
+    pub stage: Arc<str>,
+    pub end_ms: i64,
+    pub metric: Arc<str>,
+    pub value: f64,
+}
 
 /// Deadlines longer than this are not watched: a hop that takes days is not a hop a
 /// run can be "stuck" on in any useful sense, and entries must not pile up for ever.
@@ -125,6 +134,8 @@ pub struct FlowStats {
     pub data_loss_checks: u64,
     pub stuck_runs: u64,
     pub failed_runs: u64,
+    /// Figures no engine took (more waiting than `4 × flow.max_runs`).
+    pub figures_dropped: u64,
 }
 
 pub struct FlowTracker {
@@ -151,6 +162,9 @@ pub struct FlowTracker {
     now_ms: i64,
     stats: FlowStats,
     e2e_metric: Arc<str>,
+    hop_metric: Arc<str>,
+    /// Figures waiting for the engine of their stage.
+    settled: Vec<SettledFigure>,
     scratch: Vec<u16>,
 }
 
@@ -180,6 +194,8 @@ impl FlowTracker {
             now_ms: i64::MIN,
             stats: FlowStats::default(),
             e2e_metric: Arc::from("e2e_latency"),
+            hop_metric: Arc::from("hop_delay"),
+            settled: Vec::new(),
             scratch: Vec::new(),
         }
     }
@@ -224,15 +240,9 @@ impl FlowTracker {
         }
     }
 
-    /// Takes in one valid event with a correlation id. Figures measured for its stage go
-    /// to `figures`; alerts (data loss, a run's arrival ending a stuck alert) to `alerts`.
-    pub fn observe(
-        &mut self,
-        source: usize,
-        event: &Event,
-        figures: &mut Vec<FlowFigure>,
-        alerts: &mut Vec<Alert>,
-    ) {
+    /// Takes in one valid event with a correlation id (from source `source`); alerts go
+    /// to `alerts`.
+    pub fn observe(&mut self, source: usize, event: &Event, alerts: &mut Vec<Alert>) {
         let Some(correlation_id) = event.correlation_id.as_deref() else {
             return;
         };
@@ -257,7 +267,7 @@ impl FlowTracker {
             loss_checked: false,
         };
         let run_id = self.run_id(pipeline, correlation_id, end_ms);
-        self.visit(source, run_id, visit, figures, alerts);
+        self.visit(source, run_id, visit, alerts);
     }
 
     fn pipeline_id(&mut self, name: &str) -> u32 {
@@ -324,14 +334,7 @@ impl FlowTracker {
         true
     }
 
-    fn visit(
-        &mut self,
-        source: usize,
-        run_id: u64,
-        visit: Visit,
-        figures: &mut Vec<FlowFigure>,
-        alerts: &mut Vec<Alert>,
-    ) {
+    fn visit(&mut self, source: usize, run_id: u64, visit: Visit, alerts: &mut Vec<Alert>) {
         let run = self.runs.get_mut(&run_id).expect("the run was just found");
         run.last_ms = run.last_ms.max(visit.end_ms);
         let p = &mut self.pipelines[run.pipeline as usize];
@@ -345,7 +348,10 @@ impl FlowTracker {
             Some(i) => {
                 let earlier = run.visits[i];
                 if !is_attempt(&earlier) || attempt {
-                    // A duplicate report, or one more attempt: nothing new.
+                    // A duplicate report, or one more attempt: nothing new but, for an
+                    // attempt delivered after its success, when the visit started.
+                    let v = &mut run.visits[i];
+                    v.start_ms = v.start_ms.min(visit.start_ms);
                     return;
                 }
                 visit.start_ms = visit.start_ms.min(earlier.start_ms);
@@ -369,32 +375,8 @@ impl FlowTracker {
                 }
             }
         }
-        // The hand-over delays into this stage, as metrics of this stage: measured when
-        // the upstream stage reported first (as it does in replay, and mostly live).
-        let mut upstream = std::mem::take(&mut self.scratch);
-        p.upstream(stage, self.min_runs, &mut upstream);
-        for &from in &upstream {
-            let Some(up) = completed(run, from) else {
-                continue;
-            };
-            figures.push((
-                Arc::clone(&p.stages[from as usize].hop_metric),
-                (visit.start_ms - up.end_ms).max(0) as f64 / 1000.0,
-            ));
-        }
-
-        // A final stage measures the run's end-to-end latency, once every stage before
-        // it has reported (partitions deliver a run's stages in any order).
-        let mut downstream = Vec::new();
+        let mut downstream = std::mem::take(&mut self.scratch);
         p.downstream(stage, self.min_runs, &mut downstream);
-        if downstream.is_empty() && p.stages[stage as usize].runs >= self.min_runs {
-            if let Some(first_start) = ancestry_start(p, run, stage, self.min_runs) {
-                figures.push((
-                    Arc::clone(&self.e2e_metric),
-                    (visit.end_ms - first_start).max(0) as f64 / 1000.0,
-                ));
-            }
-        }
 
         // What needs every stage before this one: once no event that ended before
         // this one can still arrive (the clock, the slowest partition's event time, past
@@ -426,7 +408,7 @@ impl FlowTracker {
                 )));
             }
         }
-        self.scratch = upstream;
+        self.scratch = downstream;
 
         let run = &self.runs[&run_id];
         let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
@@ -455,6 +437,40 @@ impl FlowTracker {
         p.upstream(stage, self.min_runs, &mut upstream);
         if upstream.is_empty() || run.visits[i].loss_checked {
             return;
+        }
+        // The hand-over into this stage, from the moment the last of its upstream stages
+        // ended (a stage fed by two waits for both, and that wait is not the hand-over's)
+        // to its first attempt's start; and at a final stage, the run's end-to-end
+        // latency. Taken now that the run's reports are all in: a retry delivered after
+        // its success would otherwise move the start.
+        let visit = run.visits[i];
+        let ready = upstream
+            .iter()
+            .map(|&from| completed(run, from).map(|up| up.end_ms))
+            .try_fold(i64::MIN, |latest, end| Some(latest.max(end?)));
+        let mut measured = Vec::new();
+        if let Some(ready) = ready {
+            measured.push((&self.hop_metric, (visit.start_ms - ready).max(0) as f64));
+        }
+        let mut downstream = Vec::new();
+        p.downstream(stage, self.min_runs, &mut downstream);
+        if downstream.is_empty() && p.stages[stage as usize].runs >= self.min_runs {
+            if let Some(first_start) = ancestry_start(p, run, stage, self.min_runs) {
+                measured.push((&self.e2e_metric, (visit.end_ms - first_start).max(0) as f64));
+            }
+        }
+        for (metric, value) in measured {
+            if self.settled.len() >= 4 * self.settings.max_runs {
+                self.stats.figures_dropped += 1;
+                continue;
+            }
+            self.settled.push(SettledFigure {
+                pipeline: Arc::clone(&p.name),
+                stage: Arc::clone(&p.stages[stage as usize].name),
+                end_ms: visit.end_ms,
+                metric: Arc::clone(metric),
+                value,
+            });
         }
         // Each hop's delays (upstream end to this end) train its stuck-run deadline; a
         // run that arrived within it ends a stuck alert.
@@ -880,6 +896,27 @@ impl FlowTracker {
             end,
             e2e_ms: end - start,
             stages,
+        }
+    }
+
+    /// Hands the figures waiting for stages that `owns` recognises to `f`; the others
+    /// wait for their own engine.
+    pub fn take_settled(
+        &mut self,
+        mut owns: impl FnMut(&str, &str) -> bool,
+        mut f: impl FnMut(SettledFigure),
+    ) {
+        if self.settled.is_empty() {
+            return;
+        }
+        let mut i = 0;
+        while i < self.settled.len() {
+            let s = &self.settled[i];
+            if owns(&s.pipeline, &s.stage) {
+                f(self.settled.swap_remove(i));
+            } else {
+                i += 1;
+            }
         }
     }
 

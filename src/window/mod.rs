@@ -119,16 +119,21 @@ impl Bucket {
             self.durations.observe(d);
         }
         for (slot, x) in quality {
-            match self.quality.iter_mut().find(|(s, _, _)| *s == slot) {
-                Some((_, sum, n)) => {
-                    *sum += x;
-                    *n = n.saturating_add(1);
-                }
-                None => self.quality.push((slot, x, 1)),
-            }
+            self.add_figure(slot, x);
         }
         if let Some(id) = &event.correlation_id {
             self.correlation_ids.insert(id, max_correlation_ids);
+        }
+    }
+
+    /// Adds one value of a metric averaged per bucket (a quality or data-flow figure).
+    pub fn add_figure(&mut self, slot: u16, x: f64) {
+        match self.quality.iter_mut().find(|(s, _, _)| *s == slot) {
+            Some((_, sum, n)) => {
+                *sum += x;
+                *n = n.saturating_add(1);
+            }
+            None => self.quality.push((slot, x, 1)),
         }
     }
 
