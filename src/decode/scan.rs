@@ -44,77 +44,62 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
         errors: None,
         quality: Vec::new(),
     };
-    // One bit per known field, in the order of `KEYS`: a field seen twice is refused
-    // by the serde path, so it is declined here.
-    let mut seen = 0u16;
-    // Producers write the fields in a fixed order, most in the schema's: the key expected
-    // next is checked first, and only a miss pays for reading and matching the key.
-    let mut next = 0;
     s.expect(b'{')?;
-    if !s.eat(b'}') {
-        loop {
-            // A field left out moves the next one up: the keys after the expected one are
-            // tried before the key is read.
-            let rest = &s.bytes[s.pos..];
-            let field = match (next..KEYS.len()).find(|&field| has_key(rest, field)) {
-                Some(field) => {
-                    s.pos += KEYS[field].len();
-                    field
+    let mut m = Members {
+        seen: 0,
+        open: !s.eat(b'}'),
+    };
+    // Producers write the known fields in the order of `KEYS`, most of them every one:
+    // each field is looked for where it is expected, by code of its own, its key compared
+    // with constants and its value read without a dispatch on the field. Whatever is left
+    // (a field out of that order, an unknown one, a key spaced from its colon) is read by
+    // the general loop below.
+    s.member::<PIPELINE>(&mut event, &mut m)?;
+    s.member::<STAGE>(&mut event, &mut m)?;
+    s.member::<TIMESTAMP>(&mut event, &mut m)?;
+    s.member::<EVENT_ID>(&mut event, &mut m)?;
+    s.member::<CORRELATION_ID>(&mut event, &mut m)?;
+    s.member::<STATUS>(&mut event, &mut m)?;
+    s.member::<RECORDS_IN>(&mut event, &mut m)?;
+    s.member::<RECORDS_OUT>(&mut event, &mut m)?;
+    s.member::<RECORDS_REJECTED>(&mut event, &mut m)?;
+    s.member::<BYTES>(&mut event, &mut m)?;
+    s.member::<DURATION_MS>(&mut event, &mut m)?;
+    s.member::<ERRORS>(&mut event, &mut m)?;
+    s.member::<QUALITY>(&mut event, &mut m)?;
+    s.member::<UPSTREAM>(&mut event, &mut m)?;
+    s.member::<ATTRIBUTES>(&mut event, &mut m)?;
+    while m.open {
+        let key = s.string()?;
+        s.expect(b':')?;
+        match KEYS
+            .iter()
+            .position(|k| k[1..k.len() - 2] == *key.as_bytes())
+        {
+            Some(field) => {
+                // A field seen twice is refused by the serde path: declined here.
+                let bit = 1 << field;
+                if m.seen & bit != 0 {
+                    return None;
                 }
-                None => {
-                    let key = s.string()?;
-                    s.expect(b':')?;
-                    let Some(field) = KEYS
-                        .iter()
-                        .position(|k| k[1..k.len() - 2] == *key.as_bytes())
-                    else {
-                        s.skip_scalar()?;
-                        if s.delimiter(b'}')? {
-                            break;
-                        }
-                        continue;
-                    };
-                    field
-                }
-            };
-            next = field + 1;
-            let bit = 1 << field;
-            if seen & bit != 0 {
-                return None;
+                m.seen |= bit;
+                s.value_of(field, &mut event)?;
             }
-            seen |= bit;
-            s.skip_ws();
-            // `null` means absent for every optional field; required ones decline.
-            let null = s.null();
-            match field {
-                PIPELINE if !null => event.pipeline = Cow::Borrowed(s.name(MAX_NAME_LEN)?),
-                STAGE if !null => event.stage = Cow::Borrowed(s.name(MAX_NAME_LEN)?),
-                TIMESTAMP if !null => event.timestamp_ms = s.timestamp()?,
-                PIPELINE | STAGE | TIMESTAMP => return None,
-                _ if null => {}
-                EVENT_ID => event.event_id = Some(Cow::Borrowed(s.name(MAX_EVENT_ID_LEN)?)),
-                CORRELATION_ID => {
-                    event.correlation_id = Some(Cow::Borrowed(s.name(MAX_CORRELATION_ID_LEN)?))
-                }
-                STATUS => event.status = s.status()?,
-                RECORDS_IN => event.records_in = Some(s.count()?),
-                RECORDS_OUT => event.records_out = Some(s.count()?),
-                RECORDS_REJECTED => event.records_rejected = Some(s.count()?),
-                BYTES => event.bytes = Some(s.count()?),
-                ERRORS => event.errors = Some(s.count()?),
-                DURATION_MS => event.duration_ms = Some(s.duration()?),
-                QUALITY => event.quality = s.quality()?,
-                UPSTREAM => s.upstream()?,
-                _ => s.attributes()?,
-            }
-            if s.delimiter(b'}')? {
-                break;
-            }
+            None => s.skip_scalar()?,
         }
+        m.open = !s.delimiter(b'}')?;
     }
     s.skip_ws();
     let required = 1 << PIPELINE | 1 << STAGE | 1 << TIMESTAMP;
-    (s.pos == s.bytes.len() && seen & required == required).then_some(event)
+    (s.pos == s.bytes.len() && m.seen & required == required).then_some(event)
+}
+
+/// Where the reading of an object's members stands.
+struct Members {
+    /// One bit per known field read, in the order of `KEYS`.
+    seen: u16,
+    /// Whether members remain: the closing brace is not read yet.
+    open: bool,
 }
 
 /// The known top-level fields, quoted and followed by a colon as producers write them;
@@ -150,6 +135,7 @@ const DURATION_MS: usize = 10;
 const ERRORS: usize = 11;
 const QUALITY: usize = 12;
 const UPSTREAM: usize = 13;
+const ATTRIBUTES: usize = 14;
 
 /// A JSON number in the forms the fast path converts exactly.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,38 +209,161 @@ impl<'a> Scanner<'a> {
         null
     }
 
-    /// A string without escapes, borrowed from the input.
-    fn string(&mut self) -> Option<&'a str> {
-        self.expect(b'"')?;
-        let start = self.pos;
-        let (len, ascii) = special_byte(&self.bytes[start..]);
-        let end = start + len;
-        if self.bytes.get(end) != Some(&b'"') {
-            return None; // an escape, a control character, or the end of the input
+    /// Field `F`, if its key is next: the key, the value, and the comma or brace after.
+    #[inline(always)]
+    fn member<const F: usize>(&mut self, event: &mut Event<'a>, m: &mut Members) -> Option<()> {
+        if m.open && has_key(&self.bytes[self.pos..], F) {
+            self.pos += KEYS[F].len();
+            self.value::<F>(event)?;
+            m.seen |= 1 << F;
+            m.open = !self.delimiter(b'}')?;
         }
+        Some(())
+    }
+
+    /// [`Self::value`] of field number `field`, for the general loop.
+    #[inline(never)]
+    fn value_of(&mut self, field: usize, event: &mut Event<'a>) -> Option<()> {
+        match field {
+            PIPELINE => self.value::<PIPELINE>(event),
+            STAGE => self.value::<STAGE>(event),
+            TIMESTAMP => self.value::<TIMESTAMP>(event),
+            EVENT_ID => self.value::<EVENT_ID>(event),
+            CORRELATION_ID => self.value::<CORRELATION_ID>(event),
+            STATUS => self.value::<STATUS>(event),
+            RECORDS_IN => self.value::<RECORDS_IN>(event),
+            RECORDS_OUT => self.value::<RECORDS_OUT>(event),
+            RECORDS_REJECTED => self.value::<RECORDS_REJECTED>(event),
+            BYTES => self.value::<BYTES>(event),
+            DURATION_MS => self.value::<DURATION_MS>(event),
+            ERRORS => self.value::<ERRORS>(event),
+            QUALITY => self.value::<QUALITY>(event),
+            UPSTREAM => self.value::<UPSTREAM>(event),
+            _ => self.value::<ATTRIBUTES>(event),
+        }
+    }
+
+    /// The value of field `F`, into `event`.
+    #[inline(always)]
+    fn value<const F: usize>(&mut self, event: &mut Event<'a>) -> Option<()> {
+        self.skip_ws();
+        let first = self.peek()?;
+        // Whether the value starts as one of this field's can: anything else can only be
+        // `null`, which means absent for every optional field (required ones decline).
+        let starts = match F {
+            TIMESTAMP | DURATION_MS => first != b'n',
+            RECORDS_IN | RECORDS_OUT | RECORDS_REJECTED | BYTES | ERRORS => first.is_ascii_digit(),
+            QUALITY | ATTRIBUTES => first == b'{',
+            UPSTREAM => first == b'[',
+            _ => first == b'"',
+        };
+        if !starts {
+            return (F > TIMESTAMP && self.null()).then_some(());
+        }
+        match F {
+            PIPELINE => event.pipeline = Cow::Borrowed(self.name(MAX_NAME_LEN)?),
+            STAGE => event.stage = Cow::Borrowed(self.name(MAX_NAME_LEN)?),
+            TIMESTAMP => event.timestamp_ms = self.timestamp()?,
+            EVENT_ID => event.event_id = Some(Cow::Borrowed(self.name(MAX_EVENT_ID_LEN)?)),
+            CORRELATION_ID => {
+                event.correlation_id = Some(Cow::Borrowed(self.name(MAX_CORRELATION_ID_LEN)?))
+            }
+            STATUS => event.status = self.status()?,
+            RECORDS_IN => event.records_in = Some(self.count()?),
+            RECORDS_OUT => event.records_out = Some(self.count()?),
+            RECORDS_REJECTED => event.records_rejected = Some(self.count()?),
+            BYTES => event.bytes = Some(self.count()?),
+            ERRORS => event.errors = Some(self.count()?),
+            DURATION_MS => event.duration_ms = Some(self.duration()?),
+            QUALITY => event.quality = self.quality()?,
+            UPSTREAM => self.upstream()?,
+            _ => self.attributes()?,
+        }
+        Some(())
+    }
+
+    /// A string without escapes, borrowed from the input, after optional whitespace.
+    #[inline(never)]
+    fn string(&mut self) -> Option<&'a str> {
+        self.skip_ws();
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.quoted()
+    }
+
+    /// The string whose opening quote is the next byte, if it has no escapes: borrowed
+    /// from the input. Its plain ASCII part is read eight bytes at a time (see
+    /// [`special_marks`]), inlined where strings are read on every event; the rest, if
+    /// any, by [`Self::quoted_rest`].
+    #[inline(always)]
+    fn quoted(&mut self) -> Option<&'a str> {
+        let start = self.pos + 1;
+        let mut at = start;
+        while let Some(chunk) = self.bytes.get(at..).and_then(<[u8]>::first_chunk::<8>) {
+            let marks = special_marks(u64::from_le_bytes(*chunk));
+            if marks != 0 {
+                let first = (marks.trailing_zeros() / 8) as usize;
+                if chunk[first] == b'"' {
+                    at += first;
+                    self.pos = at + 1;
+                    // SAFETY: every byte before `at` was found to be ASCII, which is
+                    // valid UTF-8. Checking this while finding the end, instead of
+                    // checking all of a message's bytes up front, saves about 5 % of an
+                    // event's decoding.
+                    return Some(unsafe { std::str::from_utf8_unchecked(&self.bytes[start..at]) });
+                }
+                break;
+            }
+            at += 8;
+        }
+        self.quoted_rest(start, at)
+    }
+
+    /// The end of [`Self::quoted`], from `at` on, ASCII from `start` to there: the last
+    /// few bytes of the message, a non-ASCII character, an escape or a control character.
+    #[inline(never)]
+    fn quoted_rest(&mut self, start: usize, at: usize) -> Option<&'a str> {
+        let rest = self.bytes.get(at..)?;
+        let n = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[n] != b'"' {
+            return None; // an escape or a control character
+        }
+        let end = at + n;
         self.pos = end + 1;
         let raw = &self.bytes[start..end];
-        if ascii {
-            // SAFETY: `special_byte` found only ASCII, which is valid UTF-8. Checking
-            // this while finding the end, instead of checking all of a message's bytes
-            // up front, saves about 5 % of an event's decoding.
+        if rest[..n].is_ascii() {
+            // SAFETY: ASCII before `at` (see `quoted`) and from there, so valid UTF-8.
             Some(unsafe { std::str::from_utf8_unchecked(raw) })
         } else {
             std::str::from_utf8(raw).ok()
         }
     }
 
-    /// A non-empty string of at most `max` bytes. Longer ones may still be within `max`
-    /// characters: the serde path counts those.
+    /// A non-empty string of at most `max` bytes, its opening quote next. Longer ones may
+    /// still be within `max` characters: the serde path counts those.
+    #[inline(always)]
     fn name(&mut self, max: usize) -> Option<&'a str> {
-        self.string().filter(|s| !s.is_empty() && s.len() <= max)
+        self.quoted().filter(|s| !s.is_empty() && s.len() <= max)
+    }
+
+    /// [`Self::name`] after optional whitespace.
+    #[inline(always)]
+    fn spaced_name(&mut self, max: usize) -> Option<&'a str> {
+        self.skip_ws();
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.name(max)
     }
 
     fn number(&mut self) -> Option<Number> {
         self.skip_ws();
         let negative = self.peek() == Some(b'-');
         self.pos += usize::from(negative);
-        let (significand, int_digits) = self.digits(0)?;
+        let (significand, int_digits) = self.digits(0);
         if int_digits == 0 || (int_digits > 1 && self.bytes[self.pos - int_digits] == b'0') {
             return None; // no digits, or a leading zero: not JSON
         }
@@ -264,7 +373,7 @@ impl<'a> Scanner<'a> {
         let mut float = false;
         if self.peek() == Some(b'.') {
             self.pos += 1;
-            let (s, n) = self.digits(significand)?;
+            let (s, n) = self.digits(significand);
             if n == 0 || digits + n > 19 {
                 return None; // the same as below, before `n` meets the exponent's `i32`
             }
@@ -274,7 +383,7 @@ impl<'a> Scanner<'a> {
             self.pos += 1;
             let negative_exp = self.peek() == Some(b'-');
             self.pos += usize::from(matches!(self.peek(), Some(b'+' | b'-')));
-            let (e, n) = self.digits(0)?;
+            let (e, n) = self.digits(0);
             if n == 0 || n > 4 {
                 return None;
             }
@@ -309,33 +418,27 @@ impl<'a> Scanner<'a> {
     /// Decimal digits from here, folded into `acc`, and how many there were. The fold
     /// wraps instead of checking each digit: a number of more than 19 digits in all is
     /// declined by the caller, and 19 digits cannot overflow a `u64`.
-    fn digits(&mut self, mut acc: u64) -> Option<(u64, usize)> {
+    fn digits(&mut self, mut acc: u64) -> (u64, usize) {
         let start = self.pos;
         while let Some(c @ b'0'..=b'9') = self.peek() {
             acc = acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
             self.pos += 1;
         }
-        Some((acc, self.pos - start))
+        (acc, self.pos - start)
     }
 
+    /// A count: a plain integer, of 1 to 19 digits without a leading zero, and no
+    /// fraction or exponent after. Anything else (a sign, a leading zero, a fraction, an
+    /// exponent, more digits) serde_json reads as a negative or floating-point number, or
+    /// not at all, and a count refuses it.
+    #[inline(always)]
     fn count(&mut self) -> Option<u64> {
-        // Nearly every count is a plain integer: read as one here, without the general
-        // number reader; anything else (a sign, a leading zero, a fraction, an exponent,
-        // more than 19 digits) is read again by it.
-        self.skip_ws();
         let start = self.pos;
-        let (n, len) = self.digits(0)?;
+        let (n, len) = self.digits(0);
         let plain = (1..=19).contains(&len)
             && (len == 1 || self.bytes[start] != b'0')
             && !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
-        if plain {
-            return Some(n);
-        }
-        self.pos = start;
-        match self.number()? {
-            Number::Unsigned(n) => Some(n),
-            Number::Float(_) => None,
-        }
+        plain.then_some(n)
     }
 
     fn figure(&mut self) -> Option<f64> {
@@ -394,14 +497,15 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// The figures of `quality`, its opening brace next.
     fn quality(&mut self) -> Option<Vec<(Cow<'a, str>, f64)>> {
         let mut figures: Vec<(Cow<'a, str>, f64)> = Vec::new();
-        self.expect(b'{')?;
+        self.pos += 1;
         if self.eat(b'}') {
             return Some(figures);
         }
         loop {
-            let name = self.name(MAX_NAME_LEN)?;
+            let name = self.spaced_name(MAX_NAME_LEN)?;
             self.expect(b':')?;
             let x = self.figure()?;
             if figures.len() == MAX_QUALITY_FIGURES || figures.iter().any(|(n, _)| n == name) {
@@ -414,14 +518,14 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Checked as the serde path checks it, and not kept.
+    /// Checked as the serde path checks it, and not kept; its opening bracket next.
     fn upstream(&mut self) -> Option<()> {
-        self.expect(b'[')?;
+        self.pos += 1;
         if self.eat(b']') {
             return Some(());
         }
         for _ in 0..MAX_UPSTREAM {
-            self.name(MAX_NAME_LEN)?;
+            self.spaced_name(MAX_NAME_LEN)?;
             if self.delimiter(b']')? {
                 return Some(());
             }
@@ -429,16 +533,20 @@ impl<'a> Scanner<'a> {
         None
     }
 
-    /// Checked as the serde path checks them, and not kept.
+    /// Checked as the serde path checks them, and not kept; the opening brace next.
     fn attributes(&mut self) -> Option<()> {
-        self.expect(b'{')?;
+        self.pos += 1;
         if self.eat(b'}') {
             return Some(());
         }
         for _ in 0..MAX_ATTRIBUTES {
-            self.name(MAX_NAME_LEN)?;
+            self.spaced_name(MAX_NAME_LEN)?;
             self.expect(b':')?;
-            self.string().filter(|v| v.len() <= MAX_ATTRIBUTE_LEN)?;
+            self.skip_ws();
+            if self.peek() != Some(b'"') {
+                return None;
+            }
+            self.quoted().filter(|v| v.len() <= MAX_ATTRIBUTE_LEN)?;
             if self.delimiter(b'}')? {
                 return Some(());
             }
@@ -464,7 +572,9 @@ impl<'a> Scanner<'a> {
 /// Whether `rest` starts with `KEYS[field]`. The message's next 24 bytes (every key
 /// with its colon fits) are compared with the key as three masked words: a key is
 /// checked for every field of every event, and a libc `memcmp` call per key, or a
-/// comparison a word at a time with bounds checks, cost more than that.
+/// comparison a word at a time with bounds checks, cost more than that. Inlined where
+/// `field` is a constant, the key's words are too.
+#[inline(always)]
 fn has_key(rest: &[u8], field: usize) -> bool {
     let Some(window) = rest.first_chunk::<KEY_WINDOW>() else {
         return rest.starts_with(KEYS[field]);
@@ -501,40 +611,20 @@ const KEY_WORDS: [([u64; 3], [u64; 3]); KEYS.len()] = {
     table
 };
 
-/// The offset of the first byte in `bytes` that ends the plain part of a string (a quote,
-/// a backslash or a control character), or `bytes.len()`; and whether every byte before
-/// it is ASCII, so that the string needs no UTF-8 check. Eight bytes at a time: strings
-/// are most of an event's bytes.
-fn special_byte(bytes: &[u8]) -> (usize, bool) {
+/// Marks the high bit of each byte of `v` (eight bytes of a string, little-endian) that
+/// ends the plain ASCII part of a string: a quote, a backslash, a control character or a
+/// non-ASCII byte. A borrow can also mark bytes above a marked one, never below: the
+/// lowest mark is always right. Strings are most of an event's bytes.
+#[inline(always)]
+fn special_marks(v: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    // Marks the high bit of each byte below `n` (n ≤ 128). A borrow can also mark bytes
-    // above a marked one, never below: the lowest mark is always right.
+    // The high bit of each byte below `n` (n ≤ 128).
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
-    let mut rest = bytes;
-    while let Some((chunk, tail)) = rest.split_first_chunk::<8>() {
-        let v = u64::from_le_bytes(*chunk);
-        // A non-ASCII byte stops the word loop too, so that ASCII strings, nearly all of
-        // them, need no bookkeeping; the rest of a string that has one is read below.
-        let marks = below(v ^ (ONES * u64::from(b'"')), 1)
-            | below(v ^ (ONES * u64::from(b'\\')), 1)
-            | below(v, 0x20)
-            | v & HIGHS;
-        if marks != 0 {
-            let at = (marks.trailing_zeros() / 8) as usize;
-            if chunk[at] < 0x80 {
-                return (bytes.len() - rest.len() + at, true);
-            }
-            break;
-        }
-        rest = tail;
-    }
-    let done = bytes.len() - rest.len();
-    let n = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        .unwrap_or(rest.len());
-    (done + n, rest[..n].is_ascii())
+    below(v ^ (ONES * u64::from(b'"')), 1)
+        | below(v ^ (ONES * u64::from(b'\\')), 1)
+        | below(v, 0x20)
+        | v & HIGHS
 }
 
 #[cfg(test)]
@@ -549,31 +639,44 @@ mod tests {
         s.number().filter(|_| s.pos == text.len())
     }
 
+    /// A string read byte by byte: its text and the bytes it took, quotes included.
+    fn plain_string(bytes: &[u8]) -> Option<(&str, usize)> {
+        let body = bytes.strip_prefix(b"\"")?;
+        let n = body
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if body[n] != b'"' {
+            return None;
+        }
+        Some((std::str::from_utf8(&body[..n]).ok()?, n + 2))
+    }
+
     #[test]
-    fn special_bytes_are_found_wherever_they_are() {
+    fn strings_end_where_a_bytewise_reading_ends_them() {
+        fn quoted(bytes: &[u8]) -> Option<(&str, usize)> {
+            let mut s = Scanner { bytes, pos: 0 };
+            s.quoted().map(|text| (text, s.pos))
+        }
         for len in 0..20 {
-            for at in 0..len {
-                for special in [b'"', b'\\', 0x00, 0x1f] {
-                    let mut bytes = vec![b'a'; len];
-                    bytes[at] = special;
-                    // a byte that borrows in the word arithmetic, just before it
-                    if at > 0 {
-                        bytes[at - 1] = 0x80;
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x00, 0x1f, b' ', 0x7f, 0x80, 0xc3, 0xe9, 0xff] {
+                    // Before it, a byte that borrows in the word arithmetic, the start of
+                    // a two-byte character, or a plain one.
+                    for before in [b'a', 0x01, 0x80, 0xc3] {
+                        for end in [&b""[..], b"\"", b"\"}", b"\"\xa9\"xxxxxxxxxxxxxxxx"] {
+                            let mut bytes = vec![b'"'];
+                            bytes.resize(1 + len, b'a');
+                            if at < len {
+                                bytes[1 + at] = special;
+                                if at > 0 {
+                                    bytes[at] = before;
+                                }
+                            }
+                            bytes.extend_from_slice(end);
+                            assert_eq!(quoted(&bytes), plain_string(&bytes), "{bytes:?}");
+                        }
                     }
-                    assert_eq!(special_byte(&bytes), (at, at == 0), "{bytes:?}");
                 }
-            }
-            assert_eq!(special_byte(&vec![0xffu8; len]), (len, len == 0));
-            assert_eq!(special_byte(&vec![b' '; len]), (len, true));
-            for at in 0..len {
-                let mut bytes = vec![b'a'; len];
-                bytes[at] = 0xc3;
-                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
-                bytes.push(b'"');
-                bytes.push(0xc3);
-                assert_eq!(special_byte(&bytes), (len, false), "{bytes:?}");
-                bytes[at] = b'b';
-                assert_eq!(special_byte(&bytes), (len, true), "{bytes:?}");
             }
         }
     }
