@@ -28,8 +28,13 @@ pub fn event(text: &str) -> Option<Event<'_>> {
 /// accepts only ASCII, and it checks each string, so only the messages it declines need
 /// the whole-message UTF-8 check (and its precise rejection).
 pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
-    let mut s = Scanner { bytes, pos: 0 };
-    let mut event = Event {
+    let mut event = empty_event();
+    read(bytes, &mut event).map(|()| event)
+}
+
+/// An event with only the defaults, for [`read`] to fill.
+pub(crate) fn empty_event<'a>() -> Event<'a> {
+    Event {
         pipeline: Cow::Borrowed(""),
         stage: Cow::Borrowed(""),
         timestamp_ms: 0,
@@ -43,7 +48,14 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
         duration_ms: None,
         errors: None,
         quality: Vec::new(),
-    };
+    }
+}
+
+/// [`from_bytes`] into `event`, an [`empty_event`]: written where it stands rather than
+/// returned, an event (232 bytes) is not copied on its way out of the scanner and the
+/// decoder. When it declines, `event` is left partly written.
+pub(crate) fn read<'a>(bytes: &'a [u8], event: &mut Event<'a>) -> Option<()> {
+    let mut s = Scanner { bytes, pos: 0 };
     s.expect(b'{')?;
     let mut m = Members {
         seen: 0,
@@ -54,21 +66,21 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
     // with constants and its value read without a dispatch on the field. Whatever is left
     // (a field out of that order, an unknown one, a key spaced from its colon) is read by
     // the general loop below.
-    s.member::<PIPELINE>(&mut event, &mut m)?;
-    s.member::<STAGE>(&mut event, &mut m)?;
-    s.member::<TIMESTAMP>(&mut event, &mut m)?;
-    s.member::<EVENT_ID>(&mut event, &mut m)?;
-    s.member::<CORRELATION_ID>(&mut event, &mut m)?;
-    s.member::<STATUS>(&mut event, &mut m)?;
-    s.member::<RECORDS_IN>(&mut event, &mut m)?;
-    s.member::<RECORDS_OUT>(&mut event, &mut m)?;
-    s.member::<RECORDS_REJECTED>(&mut event, &mut m)?;
-    s.member::<BYTES>(&mut event, &mut m)?;
-    s.member::<DURATION_MS>(&mut event, &mut m)?;
-    s.member::<ERRORS>(&mut event, &mut m)?;
-    s.member::<QUALITY>(&mut event, &mut m)?;
-    s.member::<UPSTREAM>(&mut event, &mut m)?;
-    s.member::<ATTRIBUTES>(&mut event, &mut m)?;
+    s.member::<PIPELINE>(event, &mut m)?;
+    s.member::<STAGE>(event, &mut m)?;
+    s.member::<TIMESTAMP>(event, &mut m)?;
+    s.member::<EVENT_ID>(event, &mut m)?;
+    s.member::<CORRELATION_ID>(event, &mut m)?;
+    s.member::<STATUS>(event, &mut m)?;
+    s.member::<RECORDS_IN>(event, &mut m)?;
+    s.member::<RECORDS_OUT>(event, &mut m)?;
+    s.member::<RECORDS_REJECTED>(event, &mut m)?;
+    s.member::<BYTES>(event, &mut m)?;
+    s.member::<DURATION_MS>(event, &mut m)?;
+    s.member::<ERRORS>(event, &mut m)?;
+    s.member::<QUALITY>(event, &mut m)?;
+    s.member::<UPSTREAM>(event, &mut m)?;
+    s.member::<ATTRIBUTES>(event, &mut m)?;
     while m.open {
         let key = s.string()?;
         s.expect(b':')?;
@@ -83,7 +95,7 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
                     return None;
                 }
                 m.seen |= bit;
-                s.value_of(field, &mut event)?;
+                s.value_of(field, event)?;
             }
             None => s.skip_scalar()?,
         }
@@ -91,7 +103,7 @@ pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
     }
     s.skip_ws();
     let required = 1 << PIPELINE | 1 << STAGE | 1 << TIMESTAMP;
-    (s.pos == s.bytes.len() && m.seen & required == required).then_some(event)
+    (s.pos == s.bytes.len() && m.seen & required == required).then_some(())
 }
 
 /// Where the reading of an object's members stands.
