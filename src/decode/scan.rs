@@ -432,11 +432,13 @@ impl<'a> Scanner<'a> {
     /// declined by the caller, and 19 digits cannot overflow a `u64`.
     fn digits(&mut self, mut acc: u64) -> (u64, usize) {
         let start = self.pos;
-        while let Some(c @ b'0'..=b'9') = self.peek() {
+        let mut end = start;
+        while let Some(&c @ b'0'..=b'9') = self.bytes.get(end) {
             acc = acc.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
-            self.pos += 1;
+            end += 1;
         }
-        (acc, self.pos - start)
+        self.pos = end;
+        (acc, end - start)
     }
 
     /// A count: a plain integer, of 1 to 19 digits without a leading zero, and no
@@ -531,6 +533,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Checked as the serde path checks it, and not kept; its opening bracket next.
+    #[inline(always)]
     fn upstream(&mut self) -> Option<()> {
         self.pos += 1;
         if self.eat(b']') {
@@ -546,6 +549,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Checked as the serde path checks them, and not kept; the opening brace next.
+    #[inline(always)]
     fn attributes(&mut self) -> Option<()> {
         self.pos += 1;
         if self.eat(b'}') {
