@@ -476,15 +476,26 @@ impl<'a> Scanner<'a> {
     }
 
     /// A quoted timestamp in the two shapes producers write, `YYYY-MM-DDTHH:MM:SS.fffZ`
-    /// and `YYYY-MM-DDTHH:MM:SSZ`, read without the string reader: `utc_ms` accepts only
-    /// digits and `-T:.Z`, so the text is plain ASCII without escapes, and it gives what
+    /// and `YYYY-MM-DDTHH:MM:SSZ`, read straight from the bytes (see [`utc_seconds`]),
+    /// without the string reader: what `time::utc_ms` gives for them, which is what
     /// `parse_rfc3339_ms` gives. `None`, having read nothing, for anything else.
     fn utc_timestamp(&mut self) -> Option<i64> {
         let text = self.bytes.get(self.pos + 1..)?;
-        let len = [24, 20].into_iter().find(|&n| text.get(n) == Some(&b'"'))?;
-        let ms = crate::time::utc_ms(&text[..len])?;
+        let (head, tail) = text.split_first_chunk::<19>()?;
+        let (millis, len) = match *tail {
+            [b'.', a, b, c, b'Z', b'"', ..] => {
+                let [a, b, c] = [a, b, c].map(|d| d.wrapping_sub(b'0'));
+                if a > 9 || b > 9 || c > 9 {
+                    return None;
+                }
+                (i64::from(a) * 100 + i64::from(b) * 10 + i64::from(c), 24)
+            }
+            [b'Z', b'"', ..] => (0, 20),
+            _ => return None,
+        };
+        let seconds = utc_seconds(head)?;
         self.pos += len + 2;
-        Some(ms)
+        Some(seconds * 1_000 + millis)
     }
 
     fn status(&mut self) -> Option<Status> {
@@ -585,6 +596,89 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` with a valid date and a second below 60, to seconds since the
+/// epoch, as `time::utc_ms` reads it (whose calendar arithmetic this repeats; a test
+/// compares the two over every day of years 1999 to 2201 and more). Eight bytes at a
+/// time, as three overlapping words: the punctuation compared under a mask, the digits
+/// checked by their high nibbles (3 as they are, and 3 after adding 6; a carry out of a
+/// byte needs one of 0xfa and above, which fails its own check), and each two digits
+/// summed in place into the byte of the first. Every event has a timestamp, and reading
+/// it a pair of digits at a time cost three times this.
+#[inline(always)]
+fn utc_seconds(head: &[u8; 19]) -> Option<i64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = ONES * 0xf0;
+    const THREES: u64 = ONES * 0x30;
+    // The bytes of a word at `positions` set to `byte`, and the mask of those bytes.
+    const fn bytes(positions: &[u32], byte: u8) -> u64 {
+        let mut word = 0;
+        let mut i = 0;
+        while i < positions.len() {
+            word |= (byte as u64) << (8 * positions[i]);
+            i += 1;
+        }
+        word
+    }
+    // "YYYY-MM-", "DDTHH:MM" and, overlapping it, "HH:MM:SS".
+    let (a, b, c) = {
+        let (a, rest) = head.split_first_chunk::<8>()?;
+        let (b, _) = rest.split_first_chunk::<8>()?;
+        let (_, c) = head.split_last_chunk::<8>()?;
+        (
+            u64::from_le_bytes(*a),
+            u64::from_le_bytes(*b),
+            u64::from_le_bytes(*c),
+        )
+    };
+    const A_PUNCT: u64 = bytes(&[4, 7], 0xff);
+    const B_PUNCT: u64 = bytes(&[2, 5], 0xff);
+    const C_PUNCT: u64 = bytes(&[5], 0xff);
+    let punctuated = a & A_PUNCT == bytes(&[4, 7], b'-')
+        && b & B_PUNCT == bytes(&[2], b'T') | bytes(&[5], b':')
+        && c & C_PUNCT == bytes(&[5], b':');
+    let not_digits = |w: u64| (w & HIGH ^ THREES) | (w.wrapping_add(ONES * 6) & HIGH ^ THREES);
+    let digits = not_digits(a) & bytes(&[0, 1, 2, 3, 5, 6], 0xff) == 0
+        && not_digits(b) & bytes(&[0, 1, 3, 4, 6, 7], 0xff) == 0
+        && not_digits(c) & bytes(&[6, 7], 0xff) == 0;
+    if !(punctuated && digits) {
+        return None;
+    }
+    // Byte i of `pairs(w)` is ten times digit i plus digit i + 1: at most 165, even
+    // where byte i is punctuation, so no byte carries into the next.
+    let pairs = |w: u64| {
+        let d = w & (ONES * 0x0f);
+        d.wrapping_mul(10) + (d >> 8)
+    };
+    let byte = |w: u64, i: u32| ((w >> (8 * i)) & 0xff) as u32;
+    let (pa, pb, pc) = (pairs(a), pairs(b), pairs(c));
+    let year = byte(pa, 0) * 100 + byte(pa, 2);
+    let (month, day) = (byte(pa, 5), byte(pb, 0));
+    let (hour, minute, second) = (byte(pb, 3), byte(pb, 6), byte(pc, 6));
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    // Days from 1970-01-01 (Howard Hinnant's `days_from_civil`, as in `time`).
+    let y = i64::from(year) - i64::from(month <= 2);
+    let (era, yoe) = (y.div_euclid(400), y.rem_euclid(400));
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + i64::from(hour * 3_600 + minute * 60 + second))
+}
+
 /// Whether `rest` starts with `KEYS[field]`. The message's next 24 bytes (every key
 /// with its colon fits) are compared with the key as three masked words: a key is
 /// checked for every field of every event, and a libc `memcmp` call per key, or a
@@ -646,6 +740,7 @@ fn special_marks(v: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Datelike;
 
     fn number(text: &str) -> Option<Number> {
         let mut s = Scanner {
@@ -692,6 +787,76 @@ mod tests {
                             assert_eq!(quoted(&bytes), plain_string(&bytes), "{bytes:?}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Every day of years 1999 to 2201 (and every day number, valid or not, of some
+    /// months of years from 0 to 9999), in both shapes, at times spread over the day;
+    /// then each byte of some of them changed to bytes that are and are not digits or
+    /// punctuation. The scanner's reading must be `time::utc_ms`'s whenever the text has
+    /// one of the two shapes, and nothing otherwise.
+    #[test]
+    fn utc_timestamps_read_as_time_reads_them() {
+        fn read(text: &[u8]) -> Option<(i64, usize)> {
+            let bytes = [b"\"", text, b"\"}"].concat();
+            let mut s = Scanner {
+                bytes: &bytes,
+                pos: 0,
+            };
+            s.utc_timestamp().map(|ms| (ms, s.pos))
+        }
+        fn check(text: &[u8]) {
+            let shaped = match text.len() {
+                20 => text[19] == b'Z',
+                24 => text[19] == b'.' && text[23] == b'Z',
+                _ => false,
+            };
+            let expected = crate::time::utc_ms(text)
+                .filter(|_| shaped)
+                .map(|ms| (ms, text.len() + 2));
+            assert_eq!(read(text), expected, "{}", String::from_utf8_lossy(text));
+        }
+        let mut texts = Vec::new();
+        let mut date = chrono::NaiveDate::from_ymd_opt(1999, 1, 1).unwrap();
+        let mut n = 0u32;
+        while date.year() <= 2201 {
+            let (h, m, s, ms) = (n % 24, n * 7 % 60, n * 13 % 60, n * 37 % 1000);
+            texts.push(format!("{date}T{h:02}:{m:02}:{s:02}Z"));
+            texts.push(format!("{date}T{h:02}:{m:02}:{s:02}.{ms:03}Z"));
+            date = date.succ_opt().unwrap();
+            n += 1;
+        }
+        for year in [
+            0, 1, 4, 99, 100, 400, 1600, 1900, 1970, 2000, 2100, 2400, 9999,
+        ] {
+            for month in [0, 1, 2, 3, 4, 12, 13] {
+                for day in 0..=32 {
+                    texts.push(format!("{year:04}-{month:02}-{day:02}T23:59:59.999Z"));
+                }
+            }
+        }
+        for t in [
+            "T24:00:00Z",
+            "T23:60:00Z",
+            "T23:59:60Z",
+            "T00:00:00.1Z",
+            "T00:00:00,000Z",
+        ] {
+            texts.push(format!("2026-11-24{t}"));
+        }
+        for text in &texts {
+            check(text.as_bytes());
+        }
+        for text in ["2026-11-24T03:07:09.250Z", "2024-02-29T23:59:59Z"] {
+            for at in 0..text.len() {
+                for byte in [
+                    b'0', b'9', b'/', b':', b'-', b'T', b'Z', b'.', b' ', b'a', 0xfa, 0xff,
+                ] {
+                    let mut changed = text.as_bytes().to_vec();
+                    changed[at] = byte;
+                    check(&changed);
                 }
             }
         }
