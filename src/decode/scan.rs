@@ -260,8 +260,8 @@ impl<'a> Scanner<'a> {
     fn value<const F: usize>(&mut self, event: &mut Event<'a>) -> Option<()> {
         self.skip_ws();
         let first = self.peek()?;
-        // Whether the value starts as one of this field's can: anything else can only be
-        // `null`, which means absent for every optional field (required ones decline).
+        // Whether the value starts the way this field's values do: anything else can only
+        // be `null`, which means absent for every optional field (required ones decline).
         let starts = match F {
             TIMESTAMP | DURATION_MS => first != b'n',
             RECORDS_IN | RECORDS_OUT | RECORDS_REJECTED | BYTES | ERRORS => first.is_ascii_digit(),
@@ -451,10 +451,12 @@ impl<'a> Scanner<'a> {
         (acc, end - start)
     }
 
-    /// A count: a plain integer, of 1 to 19 digits without a leading zero, and no
-    /// fraction or exponent after. Anything else (a sign, a leading zero, a fraction, an
-    /// exponent, more digits) serde_json reads as a negative or floating-point number, or
-    /// not at all, and a count refuses it.
+    /// A count: a plain integer of 1 to 19 digits (so it fits a `u64`) without a leading
+    /// zero, and no fraction or exponent after. Anything else is declined, for the serde
+    /// path to decide; the general number reader, which counts used to fall back on,
+    /// accepted no count that this declines (a sign, a fraction or an exponent make a
+    /// negative or floating-point number, and it too refuses leading zeros and more than
+    /// 19 digits).
     #[inline(always)]
     fn count(&mut self) -> Option<u64> {
         let start = self.pos;
@@ -612,14 +614,15 @@ impl<'a> Scanner<'a> {
 /// time, as three overlapping words: the punctuation compared under a mask, the digits
 /// checked by their high nibbles (3 as they are, and 3 after adding 6; a carry out of a
 /// byte needs one of 0xfa and above, which fails its own check), and each two digits
-/// summed in place into the byte of the first. Every event has a timestamp, and reading
-/// it a pair of digits at a time cost three times this.
+/// summed in place into the byte of the first. Every event has a timestamp: read pair by
+/// pair through `utc_ms`, it cost 310 instructions an event, 226 this way.
 #[inline(always)]
 fn utc_seconds(head: &[u8; 19]) -> Option<i64> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = ONES * 0xf0;
     const THREES: u64 = ONES * 0x30;
-    // The bytes of a word at `positions` set to `byte`, and the mask of those bytes.
+    // A word with `byte` at each of `positions` and zeros elsewhere; with 0xff, the mask
+    // of those bytes.
     const fn bytes(positions: &[u32], byte: u8) -> u64 {
         let mut word = 0;
         let mut i = 0;
