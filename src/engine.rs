@@ -431,7 +431,7 @@ impl Engine {
     pub fn ingest(&mut self, bytes: &[u8], now_ms: i64, out: &mut Outputs) -> Outcome {
         let limits = DecodeLimits::new(self.max_event_bytes, now_ms, self.max_future_skew_ms);
         match decode(bytes, &limits) {
-            Ok(event) => self.apply(&event, out),
+            Ok(ref event) => self.apply(event, out),
             Err(rejection) => {
                 self.stats.invalid[rejection.reason.index()] += 1;
                 Outcome::Invalid(rejection)

@@ -181,7 +181,7 @@ impl DecodeLimits {
 
 /// Decodes and validates one message.
 pub fn decode<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Event<'a>, Rejection> {
-    decode_with(bytes, limits, scan::from_bytes)
+    decode_with(bytes, limits, scan::read)
 }
 
 /// [`decode`] without the fast path: the reference it is tested against.
@@ -189,16 +189,16 @@ pub fn decode_with_serde<'a>(
     bytes: &'a [u8],
     limits: &DecodeLimits,
 ) -> Result<Event<'a>, Rejection> {
-    decode_with(bytes, limits, |_| None)
+    decode_with(bytes, limits, |_, _| None)
 }
 
-/// Decodes with `fast` if it accepts the message, else with the serde visitor; the size
-/// and clock checks are common to both. `fast` accepts only UTF-8, so the encoding is
-/// checked here only for what it declines.
+/// Decodes with `fast` if it accepts the message (filling in an empty event), else with
+/// the serde visitor; the size and clock checks are common to both. `fast` accepts only
+/// UTF-8, so the encoding is checked here only for what it declines.
 fn decode_with<'a>(
     bytes: &'a [u8],
     limits: &DecodeLimits,
-    fast: impl FnOnce(&'a [u8]) -> Option<Event<'a>>,
+    fast: impl FnOnce(&'a [u8], &mut Event<'a>) -> Option<()>,
 ) -> Result<Event<'a>, Rejection> {
     if bytes.len() > limits.max_event_bytes {
         return Err(reject(
@@ -207,16 +207,14 @@ fn decode_with<'a>(
             format!("{} bytes, limit {}", bytes.len(), limits.max_event_bytes),
         ));
     }
-    let event = match fast(bytes) {
-        Some(event) => event,
-        None => {
-            // One UTF-8 check of the whole message is cheaper than serde_json's check of
-            // every string in it, which `from_str` skips.
-            let text = std::str::from_utf8(bytes)
-                .map_err(|e| reject(Reason::NotJson, None, format!("not UTF-8: {e}")))?;
-            with_serde(text)?
-        }
-    };
+    let mut event = scan::empty_event();
+    if fast(bytes, &mut event).is_none() {
+        // One UTF-8 check of the whole message is cheaper than serde_json's check of
+        // every string in it, which `from_str` skips.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| reject(Reason::NotJson, None, format!("not UTF-8: {e}")))?;
+        event = with_serde(text)?;
+    }
     if event.timestamp_ms > limits.latest_timestamp_ms {
         return Err(reject(
             Reason::TimestampInFuture,

@@ -199,14 +199,14 @@ impl Bucket {
 #[derive(Debug, Clone, Default)]
 pub struct CorrelationIds {
     text: String,
-    /// Where each id ends in `text`.
-    ends: Vec<usize>,
+    /// Where each id ends in `text`, and its [`tail`].
+    ends: Vec<(usize, u64)>,
 }
 
 impl CorrelationIds {
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         let mut start = 0;
-        self.ends.iter().map(move |&end| {
+        self.ends.iter().map(move |&(end, _)| {
             let id = &self.text[start..end];
             start = end;
             id
@@ -221,12 +221,25 @@ impl CorrelationIds {
         self.ends.is_empty()
     }
 
-    /// Adds `id` unless it is known already or `max` ids are.
+    /// Adds `id` unless it is known already or `max` ids are. Nearly every event of a
+    /// bucket that is not full brings a new id: the ids known are compared by their
+    /// tails first, and only an id with the same tail byte by byte.
+    #[inline]
     fn insert(&mut self, id: &str, max: usize) {
-        if self.ends.len() < max && !self.iter().any(|c| c == id) {
-            self.text.push_str(id);
-            self.ends.push(self.text.len());
+        if self.ends.len() >= max {
+            return;
         }
+        let id_tail = tail(id.as_bytes());
+        let text = self.text.as_bytes();
+        let mut start = 0;
+        for &(end, known_tail) in &self.ends {
+            if known_tail == id_tail && text.get(start..end) == Some(id.as_bytes()) {
+                return;
+            }
+            start = end;
+        }
+        self.text.push_str(id);
+        self.ends.push((self.text.len(), id_tail));
     }
 
     fn clear(&mut self) {
@@ -235,7 +248,19 @@ impl CorrelationIds {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<usize>()
+        self.text.capacity() + self.ends.capacity() * std::mem::size_of::<(usize, u64)>()
+    }
+}
+
+/// The last eight bytes of `id`, or all of a shorter one with its length: equal ids have
+/// equal tails, and ids that differ (run numbers, times, random suffixes) nearly always
+/// differ in them.
+fn tail(id: &[u8]) -> u64 {
+    match id.last_chunk::<8>() {
+        Some(last) => u64::from_le_bytes(*last),
+        None => id
+            .iter()
+            .fold(id.len() as u64, |word, &b| word << 8 | u64::from(b)),
     }
 }
 
@@ -350,5 +375,35 @@ mod tests {
             b.add(&e, std::iter::empty(), 5);
         }
         assert_eq!(b.correlation_ids.len(), 5);
+    }
+
+    #[test]
+    fn correlation_ids_with_the_same_tail_are_told_apart() {
+        let mut ids = CorrelationIds::default();
+        for id in [
+            "etl-a-20261124T0300",
+            "etl-b-20261124T0300",
+            "etl-a-20261124T0300",
+            "b-20261124T0300",
+            "4T0300",
+            "24T0300",
+            "4T0300",
+            "24T0300",
+            "x",
+            "etl-b-20261124T0300",
+        ] {
+            ids.insert(id, 10);
+        }
+        assert_eq!(
+            ids.iter().collect::<Vec<_>>(),
+            [
+                "etl-a-20261124T0300",
+                "etl-b-20261124T0300",
+                "b-20261124T0300",
+                "4T0300",
+                "24T0300",
+                "x"
+            ]
+        );
     }
 }
