@@ -151,6 +151,7 @@ fn drain(
 fn report(engine: &Engine, live: Option<&Live>) {
     if let Some(live) = live {
         live.telemetry.record_engine(engine.stats());
+        live.record_flow();
         live.telemetry
             .tracked_stages
             .set(engine.tracked_stages() as i64);

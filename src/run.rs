@@ -459,6 +459,7 @@ impl Worker {
             totals += task.engine.stats();
         }
         t.record_engine(&totals);
+        self.live.record_flow();
         t.tracked_stages.set(
             self.tasks
                 .iter()

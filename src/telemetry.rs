@@ -57,6 +57,9 @@ pub struct Telemetry {
     pub email_alerts_superseded: IntCounter,
     pub email_rate_limited: IntCounter,
     pub email_queued_alerts: IntGauge,
+
+    pub flow_runs: IntGauge,
+    pub flow_runs_forgotten: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -274,6 +277,18 @@ impl Telemetry {
                 "pipewatch_email_queued_alerts",
                 "Alert notifications waiting to be emailed",
             ),
+            flow_runs: gauge(
+                r,
+                "pipewatch_flow_runs",
+                "Runs (correlation ids) followed across stages now",
+            ),
+            flow_runs_forgotten: counter_vec(
+                r,
+                "pipewatch_flow_runs_forgotten_total",
+                "Runs forgotten: capacity (flow.max_runs reached, oldest first) or expired \
+                 (flow.run_ttl after their last event)",
+                &["reason"],
+            ),
             registry,
         };
         // Series of known label values exist from the start at 0: a series born at its
@@ -286,6 +301,9 @@ impl Telemetry {
         }
         for result in ["ok", "failed"] {
             telemetry.commits.with_label_values(&[result]);
+        }
+        for reason in ["capacity", "expired"] {
+            telemetry.flow_runs_forgotten.with_label_values(&[reason]);
         }
         telemetry
     }
@@ -310,6 +328,20 @@ impl Telemetry {
         mirror(&self.buckets_closed, totals.buckets_closed);
         mirror(&self.stages_created, totals.stages_created);
         mirror(&self.stages_evicted, totals.stages_evicted);
+    }
+
+    /// Mirrors the data-flow tracker's figures.
+    pub fn record_flow(&self, flow: &crate::flow::FlowTracker) {
+        self.flow_runs.set(flow.tracked_runs() as i64);
+        let stats = flow.stats();
+        mirror(
+            &self.flow_runs_forgotten.with_label_values(&["capacity"]),
+            stats.runs_evicted,
+        );
+        mirror(
+            &self.flow_runs_forgotten.with_label_values(&["expired"]),
+            stats.runs_expired,
+        );
     }
 
     pub fn record_alert(&self, alert: &Alert) {

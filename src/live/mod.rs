@@ -151,6 +151,13 @@ impl Live {
         self.changed();
     }
 
+    /// Mirrors what the shared data-flow tracker counts into the metrics.
+    pub fn record_flow(&self) {
+        if let Some(flow) = &self.flow {
+            self.telemetry.record_flow(&crate::flow::lock(flow));
+        }
+    }
+
     /// A partition was revoked: its stages and their alerts are now another instance's.
     pub fn revoke(&self, owner: &Owner) {
         let gone = self.stages.forget_owner(owner);
