@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::pipewatch;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,18 +35,6 @@ const MINUTE_MS: i64 = 60_000;
 const PHASE_2_MS: i64 = 20 * MINUTE_MS;
 /// Longest wait for the page to show a change (the stream checks twice a second).
 const PAGE_UPDATE: Duration = Duration::from_secs(30);
-
-fn pipewatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewatch"));
-    // Tests must not pick up a developer's environment.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PIPEWATCH__") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
 
 /// Where CI picks up artifacts: `target/` (beside the binary under test).
 fn target_dir() -> PathBuf {

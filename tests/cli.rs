@@ -1,18 +1,9 @@
 //! The `pipewatch` binary: configuration errors, check-config, replay end to end.
 
-use std::process::Command;
+mod common;
 
-fn pipewatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewatch"));
-    // Tests must not pick up a developer's environment.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PIPEWATCH__") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
-}
+use common::pipewatch;
+
 
 fn check_config(path: &std::path::Path) -> std::process::Output {
     pipewatch()

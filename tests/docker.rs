@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::pipewatch;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -498,17 +500,6 @@ fn compose_commands_parse_as_the_binary_parses_them() {
             .command,
         PipewatchCommand::Run(_)
     ));
-}
-
-fn pipewatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewatch"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PIPEWATCH__") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
 }
 
 #[test]

@@ -7,6 +7,10 @@
 //! promtool and prometheus come from Debian's `prometheus` package (`.ci/run` installs
 //! it); these tests fail, saying so, where it is missing.
 
+mod common;
+
+use common::pipewatch;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,18 +42,6 @@ fn tool(name: &str) -> PathBuf {
                  (apt-get install prometheus; .ci/run installs it)"
             )
         })
-}
-
-/// The pipewatch binary, without the developer's PIPEWATCH__* settings.
-fn pipewatch() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pipewatch"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("PIPEWATCH__") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("RUST_LOG", "warn");
-    cmd
 }
 
 /// Runs promtool and fails with its output unless it succeeds.

@@ -10,6 +10,18 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+/// The pipewatch binary under test, without the developer's `PIPEWATCH__*` settings.
+pub fn pipewatch() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pipewatch"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PIPEWATCH__") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
