@@ -4,7 +4,6 @@ mod common;
 
 use common::pipewatch;
 
-
 fn check_config(path: &std::path::Path) -> std::process::Output {
     pipewatch()
         .args(["check-config", "--config"])
