@@ -23,7 +23,7 @@ use crate::config::{Direction, Settings, SilenceSettings};
 use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
-use crate::flow::{FlowTracker, SettledFigure, SharedFlow};
+use crate::flow::{FlowMetric, FlowTracker, SettledFigure, SharedFlow, StageKey};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
 use crate::window::{Bucket, Reported};
@@ -58,7 +58,8 @@ pub struct Stats {
     pub buckets_skipped: u64,
     pub alerts_firing: u64,
     pub alerts_resolved: u64,
-    /// Data-flow figures whose bucket had closed before their run settled.
+    /// Data-flow figures whose bucket had closed before their run settled, or whose
+    /// stage was forgotten.
     pub flow_figures_late: u64,
 }
 
@@ -148,14 +149,17 @@ struct Stage {
     reported: Reported,
     gaps: GapTracker,
     silence: Track,
+    /// The stage's key in the data-flow tracker, once an event with a correlation id
+    /// asked for it.
+    flow_key: Option<StageKey>,
 }
 
 /// A metric of a stage beyond the built-ins.
 enum Extra {
     /// A quality figure, by its name in events (`null_rate`).
     Quality(Box<str>),
-    /// A data-flow figure, by its metric name (`hop_delay.extract`, `e2e_latency`).
-    Flow(Arc<str>),
+    /// A data-flow figure.
+    Flow(FlowMetric),
 }
 
 /// The name of metric `slot` of a stage with these extra metrics. A function of the
@@ -164,7 +168,7 @@ fn metric_name(extra: &[Extra], slot: usize) -> MetricName<'_> {
     match slot.checked_sub(BUILTIN_SLOTS).map(|i| &extra[i]) {
         None => MetricName::Builtin(Builtin::ALL[slot]),
         Some(Extra::Quality(name)) => MetricName::Quality(name),
-        Some(Extra::Flow(name)) => MetricName::Flow(name),
+        Some(Extra::Flow(metric)) => MetricName::Flow(metric.name()),
     }
 }
 
@@ -468,7 +472,14 @@ impl Engine {
             return Outcome::StageLimit;
         };
         if let (Some((flow, source)), Some(_)) = (&self.flow, &event.correlation_id) {
-            crate::flow::lock(flow).observe(*source, event, &mut out.alerts);
+            let mut tracker = crate::flow::lock(flow);
+            let stage = &mut self.stages[index];
+            if stage.flow_key.is_none() {
+                stage.flow_key = tracker.stage_key(&event.pipeline, &event.stage);
+            }
+            if let Some(key) = stage.flow_key {
+                tracker.observe(*source, key, index as u32, event, &mut out.alerts);
+            }
         }
         self.add_to_stage(index, event, bucket);
         if let Some(h) = id_hash {
@@ -497,40 +508,27 @@ impl Engine {
     }
 
     /// Takes the data-flow figures of this engine's stages into their buckets. A figure
-    /// whose bucket has closed already is counted (`flow_figures_late`) and dropped.
+    /// whose bucket has closed already, or whose stage was forgotten, is counted
+    /// (`flow_figures_late`) and dropped.
     fn take_flow_figures(&mut self) {
-        let Some((flow, _)) = &self.flow else {
+        let Some((flow, source)) = &self.flow else {
             return;
         };
         let mut figures = std::mem::take(&mut self.flow_figures);
-        {
-            let (stages, index, hasher) = (&self.stages, &self.index, &self.hasher);
-            let owns = |pipeline: &str, stage: &str| {
-                let hash = hasher.hash_one((pipeline, stage));
-                index
-                    .find(hash, |&i| {
-                        let s = &stages[i as usize];
-                        *s.pipeline == *pipeline && *s.stage == *stage
-                    })
-                    .is_some()
-            };
-            crate::flow::lock(flow).take_settled(owns, |f| figures.push(f));
-        }
+        crate::flow::lock(flow).take_settled(*source, &mut figures);
         for f in figures.drain(..) {
             let bucket = f.end_ms.div_euclid(self.bucket_ms);
-            if bucket <= self.closed_through {
+            // The tag is the stage's index when it last reported; forgetting a stage
+            // moves another into its place (`swap_remove`), whose figures then come
+            // with a stale tag until it reports again.
+            let index = match self.stages.get(f.tag as usize) {
+                Some(s) if s.flow_key == Some(f.key) => Some(f.tag as usize),
+                _ => self.stages.iter().position(|s| s.flow_key == Some(f.key)),
+            };
+            let Some(index) = index.filter(|_| bucket > self.closed_through) else {
                 self.stats.flow_figures_late += 1;
                 continue;
-            }
-            let hash = self.hasher.hash_one((&*f.pipeline, &*f.stage));
-            let stages = &self.stages;
-            let Some(&i) = self.index.find(hash, |&i| {
-                let s = &stages[i as usize];
-                *s.pipeline == *f.pipeline && *s.stage == *f.stage
-            }) else {
-                continue;
             };
-            let index = i as usize;
             let slot = self.flow_slot(index, f.metric);
             let stage = &mut self.stages[index];
             stage.open_bucket(bucket).add_figure(slot, f.value);
@@ -594,6 +592,7 @@ impl Engine {
             reported: Reported::default(),
             gaps: GapTracker::new(event.timestamp_ms),
             silence: Track::Idle,
+            flow_key: None,
         }
     }
 
@@ -638,17 +637,16 @@ impl Engine {
         self.add_extra(index, Extra::Quality(Box::from(name)))
     }
 
-    /// The slot of data-flow metric `name` in stage `index`, created if new. Their number
-    /// is bounded by the tracker's stages per pipeline (one per upstream stage, plus one).
-    fn flow_slot(&mut self, index: usize, name: Arc<str>) -> u16 {
+    /// The slot of data-flow metric `metric` in stage `index`, created if new.
+    fn flow_slot(&mut self, index: usize, metric: FlowMetric) -> u16 {
         let stage = &self.stages[index];
         let found = stage
             .extra
             .iter()
-            .position(|e| matches!(e, Extra::Flow(n) if **n == *name));
+            .position(|e| matches!(e, Extra::Flow(m) if *m == metric));
         match found {
             Some(i) => (BUILTIN_SLOTS + i) as u16,
-            None => self.add_extra(index, Extra::Flow(name)),
+            None => self.add_extra(index, Extra::Flow(metric)),
         }
     }
 
@@ -656,7 +654,7 @@ impl Engine {
         let stage = &self.stages[index];
         let metric = match &extra {
             Extra::Quality(q) => MetricName::Quality(q),
-            Extra::Flow(f) => MetricName::Flow(f),
+            Extra::Flow(f) => MetricName::Flow(f.name()),
         };
         let policy = self.policies.resolve(&stage.path(), &metric.to_string());
         let stage = &mut self.stages[index];

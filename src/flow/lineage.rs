@@ -9,11 +9,38 @@ use crate::alert::Track;
 
 /// Delays remembered per hop for its deadline (a ring of the latest).
 const HOP_SAMPLES: usize = 64;
-/// The 95th percentile of a hop is recomputed every this many new delays: sorting the
-/// ring for every run would cost more than the rest of a run's tracking.
+/// The 95th percentile of a hop is recomputed every this many new delays: selecting it
+/// from the ring for every run would cost more than the rest of a run's tracking.
 const QUANTILE_EVERY: u32 = 16;
-/// A learned edge must show in this share of the downstream stage's runs.
-const LEARNED_SHARE: f64 = 0.8;
+/// A learned edge must show in this share of the downstream stage's runs (4/5, as a
+/// fraction so the threshold is exact).
+const LEARNED_SHARE: (u64, u64) = (4, 5);
+
+/// At most this many delays of a full ring lie at or above its 95th percentile.
+const ABOVE_P95: usize = HOP_SAMPLES - (HOP_SAMPLES * 95).div_ceil(100) + 1;
+
+/// The `k`-th largest of `values` (`1 ≤ k ≤ ABOVE_P95`), in one pass that keeps the
+/// largest few: a high quantile of a small ring costs less this way than by any sort.
+fn kth_largest(values: &[f32], k: usize) -> f32 {
+    let mut top = [f32::NEG_INFINITY; ABOVE_P95];
+    let top = &mut top[..k];
+    for &x in values {
+        if x > top[k - 1] {
+            let mut i = k - 1;
+            while i > 0 && top[i - 1] < x {
+                top[i] = top[i - 1];
+                i -= 1;
+            }
+            top[i] = x;
+        }
+    }
+    top[k - 1]
+}
+
+/// How many of `runs` runs a learned edge must show in.
+fn learned_share_needed(runs: u32) -> u64 {
+    (u64::from(runs) * LEARNED_SHARE.0).div_ceil(LEARNED_SHARE.1)
+}
 
 /// Delays of one hop (upstream end → downstream end), for the stuck-run deadline.
 #[derive(Debug, Clone)]
@@ -50,10 +77,9 @@ impl HopStats {
         self.since_quantile += 1;
         if self.since_quantile >= QUANTILE_EVERY || self.ring.len() < QUANTILE_EVERY as usize {
             self.since_quantile = 0;
-            let mut sorted = self.ring.clone();
-            sorted.sort_by(f32::total_cmp);
-            let rank = ((sorted.len() as f64 * 0.95).ceil() as usize).clamp(1, sorted.len());
-            self.p95_ms = f64::from(sorted[rank - 1]);
+            let n = self.ring.len();
+            let rank = (n * 95).div_ceil(100).clamp(1, n);
+            self.p95_ms = f64::from(kth_largest(&self.ring, n - rank + 1));
         }
     }
 
@@ -72,33 +98,46 @@ impl HopStats {
 #[derive(Debug, Clone)]
 pub struct FlowStage {
     pub name: Arc<str>,
-    /// Upstream stages named by producers.
-    pub declared: Vec<u16>,
+    /// Upstream stages named by this stage's producers (`upstream` in its events); none
+    /// when they name none, and the lineage is learned.
+    pub declared: Option<Vec<u16>>,
     /// Upstream stages seen to end right before this one starts, with how many runs.
     pub learned: Vec<(u16, u32)>,
     /// Runs that reached this stage.
     pub runs: u32,
+    /// The upstream stages in effect (see [`PipelineFlow::upstream`]).
+    upstream: Vec<u16>,
+    /// The stages this one feeds: the reverse of the others' `upstream`.
+    downstream: Vec<u16>,
     /// Delays of the hops into this stage.
     pub hops: Vec<HopStats>,
     /// Lifecycles of this stage's data-flow alerts: data loss, stuck runs, failed runs.
     pub tracks: [Track; 3],
+    /// Where the figures measured for this stage go: the source (engine) that last
+    /// reported it, and the tag that source gave it.
+    pub home: (u32, u32),
 }
 
 /// The stage graph of one pipeline.
+///
+/// Every run asks for the stages up- and downstream of the ones it passes, several
+/// times: both lists are kept, and brought up to date when what they derive from
+/// changes (a declaration, a learned edge, a stage's run count), which for a pipeline
+/// in a steady state leaves them as they are.
 #[derive(Debug, Clone)]
 pub struct PipelineFlow {
     pub name: Arc<str>,
     pub stages: Vec<FlowStage>,
-    /// Producers of this pipeline name upstream stages: the declared graph is the graph.
-    pub declares: bool,
+    /// Runs a stage needs before its learned upstream stages count.
+    min_runs: u32,
 }
 
 impl PipelineFlow {
-    pub fn new(name: &str) -> PipelineFlow {
+    pub fn new(name: &str, min_runs: u32) -> PipelineFlow {
         PipelineFlow {
             name: Arc::from(name),
             stages: Vec::new(),
-            declares: false,
+            min_runs,
         }
     }
 
@@ -119,44 +158,106 @@ impl PipelineFlow {
         }
         self.stages.push(FlowStage {
             name: Arc::from(name),
-            declared: Vec::new(),
+            declared: None,
             learned: Vec::new(),
             runs: 0,
+            upstream: Vec::new(),
+            downstream: Vec::new(),
             hops: Vec::new(),
             tracks: [Track::Idle; 3],
+            home: (0, 0),
         });
         Some((self.stages.len() - 1) as u16)
     }
 
-    /// The upstream stages of `stage`: the declared ones when producers declare them,
-    /// else those learned from enough runs.
-    pub fn upstream(&self, stage: u16, min_runs: u32, out: &mut Vec<u16>) {
-        out.clear();
-        let s = &self.stages[stage as usize];
-        if self.declares {
-            out.extend_from_slice(&s.declared);
-            return;
-        }
-        if s.runs < min_runs {
-            return;
-        }
-        let needed = (f64::from(s.runs) * LEARNED_SHARE).ceil() as u32;
-        out.extend(
-            s.learned
-                .iter()
-                .filter(|&&(_, n)| n >= needed)
-                .map(|&(from, _)| from),
-        );
+    /// The upstream stages of `stage`: the declared ones when its producers declare
+    /// them, else those learned from enough runs.
+    pub fn upstream(&self, stage: u16) -> &[u16] {
+        &self.stages[stage as usize].upstream
     }
 
     /// The stages `stage` feeds.
-    pub fn downstream(&self, stage: u16, min_runs: u32, out: &mut Vec<u16>) {
-        out.clear();
-        let mut ups = Vec::new();
-        for (i, _) in self.stages.iter().enumerate() {
-            self.upstream(i as u16, min_runs, &mut ups);
-            if ups.contains(&stage) {
-                out.push(i as u16);
+    pub fn downstream(&self, stage: u16) -> &[u16] {
+        &self.stages[stage as usize].downstream
+    }
+
+    /// Producers of `stage` name its upstream stages `names` (stages beyond `max` are
+    /// left out). The same list again, the usual case, changes nothing and allocates
+    /// nothing.
+    pub fn declare<'n>(
+        &mut self,
+        stage: u16,
+        names: impl Iterator<Item = &'n str> + Clone,
+        max: usize,
+    ) {
+        if let Some(declared) = &self.stages[stage as usize].declared {
+            let stages = &self.stages;
+            // Compared as resolved below; a list naming unknown stages, or one stage
+            // twice, is resolved again each time: rare, and bounded.
+            let same = names
+                .clone()
+                .map(|n| stages.iter().position(|s| *s.name == *n))
+                .filter(|&id| id != Some(stage as usize))
+                .eq(declared.iter().map(|&d| Some(d as usize)));
+            if same {
+                return;
+            }
+        }
+        let mut declared = Vec::new();
+        for name in names {
+            if let Some(id) = self.stage_id_or_add(name, max) {
+                if id != stage && !declared.contains(&id) {
+                    declared.push(id);
+                }
+            }
+        }
+        self.stages[stage as usize].declared = Some(declared);
+        self.refresh(stage);
+    }
+
+    /// One more run reached `stage`.
+    pub fn count_run(&mut self, stage: u16) {
+        let s = &mut self.stages[stage as usize];
+        let before = learned_share_needed(s.runs);
+        s.runs = s.runs.saturating_add(1);
+        let after = learned_share_needed(s.runs);
+        // Nearly every run leaves the upstream stages as they were: only a learned edge
+        // that falls under the share it needs now, or enough runs to start trusting
+        // the learned ones, changes them.
+        let changes = s.declared.is_none()
+            && (s.runs == self.min_runs
+                || s.learned
+                    .iter()
+                    .any(|&(_, n)| u64::from(n) >= before && u64::from(n) < after));
+        if changes {
+            self.refresh(stage);
+        }
+    }
+
+    /// Brings `stage`'s upstream stages up to date, and if they changed, every stage's
+    /// downstream ones.
+    fn refresh(&mut self, stage: u16) {
+        let s = &self.stages[stage as usize];
+        let learned_share =
+            (s.declared.is_none() && s.runs >= self.min_runs).then(|| learned_share_needed(s.runs));
+        let effective = s.declared.as_deref().unwrap_or(&[]).iter().copied().chain(
+            s.learned
+                .iter()
+                .filter(move |&&(_, n)| learned_share.is_some_and(|k| u64::from(n) >= k))
+                .map(|&(from, _)| from),
+        );
+        if effective.clone().eq(s.upstream.iter().copied()) {
+            return;
+        }
+        let upstream = effective.collect();
+        self.stages[stage as usize].upstream = upstream;
+        for s in &mut self.stages {
+            s.downstream.clear();
+        }
+        for to in 0..self.stages.len() {
+            for i in 0..self.stages[to].upstream.len() {
+                let from = self.stages[to].upstream[i];
+                self.stages[from as usize].downstream.push(to as u16);
             }
         }
     }
@@ -186,6 +287,7 @@ impl PipelineFlow {
         if let Some((_, n)) = learned.iter_mut().find(|(f, _)| *f == from) {
             *n = n.saturating_sub(1);
         }
+        self.refresh(to);
     }
 
     pub fn learn(&mut self, from: u16, to: u16) {
@@ -194,20 +296,22 @@ impl PipelineFlow {
             Some((_, n)) => *n = n.saturating_add(1),
             None => learned.push((from, 1)),
         }
+        self.refresh(to);
     }
 
     /// The graph as the API shows it.
-    pub fn graph(&self, min_runs: u32) -> Graph<'_> {
+    pub fn graph(&self) -> Graph<'_> {
         let mut edges = Vec::new();
-        let mut ups = Vec::new();
         for (to, stage) in self.stages.iter().enumerate() {
-            self.upstream(to as u16, min_runs, &mut ups);
-            for &from in &ups {
+            for &from in &stage.upstream {
                 let hop = self.hop(from, to as u16);
                 edges.push(Edge {
                     from: &self.stages[from as usize].name,
                     to: &stage.name,
-                    source: if self.declares { "declared" } else { "learned" },
+                    source: match stage.declared {
+                        Some(_) => "declared",
+                        None => "learned",
+                    },
                     runs: hop.map_or(0, |h| h.carried),
                     median_delay_ms: hop.map(HopStats::median_ms),
                     p95_delay_ms: hop.map(HopStats::p95_ms),
@@ -229,8 +333,9 @@ impl PipelineFlow {
                 .map(|s| {
                     std::mem::size_of::<FlowStage>()
                         + s.name.len()
-                        + s.declared.capacity() * 2
+                        + s.declared.as_ref().map_or(0, |d| d.capacity() * 2)
                         + s.learned.capacity() * 8
+                        + (s.upstream.capacity() + s.downstream.capacity()) * 2
                         + s.hops
                             .iter()
                             .map(|h| std::mem::size_of::<HopStats>() + h.ring.capacity() * 4)
@@ -279,23 +384,64 @@ mod tests {
     }
 
     #[test]
+    fn the_kth_largest_is_the_sorted_kth_from_the_top() {
+        let values: [f32; 7] = [5.0, 1.0, 9.0, 9.0, 3.0, 7.0, 0.0];
+        let mut sorted = values;
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        for k in 1..=ABOVE_P95 {
+            assert_eq!(kth_largest(&values, k), sorted[k - 1], "k = {k}");
+        }
+        assert_eq!(ABOVE_P95, 4, "61st of 64");
+    }
+
+    #[test]
     fn learned_edges_need_most_of_the_runs() {
-        let mut p = PipelineFlow::new("p");
+        let mut p = PipelineFlow::new("p", 10);
         let a = p.stage_id_or_add("a", 8).unwrap();
         let b = p.stage_id_or_add("b", 8).unwrap();
         let c = p.stage_id_or_add("c", 8).unwrap();
-        p.stages[b as usize].runs = 10;
         for _ in 0..9 {
+            p.count_run(b);
             p.learn(a, b);
         }
         p.learn(c, b);
-        let mut ups = Vec::new();
-        p.upstream(b, 10, &mut ups);
-        assert_eq!(ups, [a]);
-        p.upstream(b, 11, &mut ups);
-        assert!(ups.is_empty(), "too few runs to tell");
-        p.downstream(a, 10, &mut ups);
-        assert_eq!(ups, [b]);
+        assert!(p.upstream(b).is_empty(), "too few runs to tell");
+        p.count_run(b);
+        assert_eq!(p.upstream(b), [a], "9 of 10 runs, but not 1 of 10");
+        assert_eq!(p.downstream(a), [b]);
+        assert!(p.downstream(c).is_empty());
+        // Three runs without the edge: 9 of 13 is under four fifths.
+        for _ in 0..3 {
+            p.count_run(b);
+        }
+        assert!(p.upstream(b).is_empty());
+        assert!(p.downstream(a).is_empty(), "kept in step");
         assert_eq!(p.stage_id_or_add("d", 3), None, "bounded");
+    }
+
+    #[test]
+    fn declared_upstream_stages_replace_the_learned_ones() {
+        let mut p = PipelineFlow::new("p", 10);
+        let a = p.stage_id_or_add("a", 8).unwrap();
+        let b = p.stage_id_or_add("b", 8).unwrap();
+        for _ in 0..10 {
+            p.count_run(b);
+            p.learn(a, b);
+        }
+        assert_eq!(p.upstream(b), [a]);
+        p.declare(b, ["x", "a", "b", "x"].into_iter(), 8);
+        let x = p.stage_id("x").unwrap();
+        assert_eq!(
+            p.upstream(b),
+            [x, a],
+            "in order, itself and repeats left out"
+        );
+        assert_eq!(p.downstream(x), [b]);
+        assert_eq!(p.graph().edges[0].source, "declared");
+        p.declare(b, ["a"].into_iter(), 8);
+        assert_eq!(p.upstream(b), [a], "a new declaration replaces the old");
+        assert!(p.downstream(x).is_empty());
+        p.declare(b, ["y", "z"].into_iter(), 4);
+        assert_eq!(p.upstream(b), [p.stage_id("y").unwrap()], "bounded");
     }
 }

@@ -30,14 +30,15 @@
 pub mod lineage;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hashbrown::HashTable;
+use hashbrown::{HashMap, HashTable};
 use serde::Serialize;
+use smallvec::SmallVec;
 
-use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity};
+use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
 use crate::config::{FlowSettings, Settings};
 use crate::decode::{Event, Status};
 use crate::metric::AlertKind;
@@ -54,16 +55,42 @@ pub fn lock(flow: &SharedFlow) -> MutexGuard<'_, FlowTracker> {
         .expect("the flow tracker is never left half-updated by a panic that is caught")
 }
 
-/// A figure the tracker measured for a stage once a run settled there: a metric
-/// (`hop_delay` or `e2e_latency`) and its value in milliseconds, the unit of every
-/// duration in events (`duration_ms`) and of `duration_p95`. The engine that judges the
-/// stage takes it into the bucket of `end_ms` ([`FlowTracker::take_settled`]).
-#[derive(Debug, Clone)]
+/// A stage as the tracker knows it. An engine keeps the key of each of its stages
+/// ([`FlowTracker::stage_key`]), so that following a run costs no name lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageKey {
+    pipeline: u32,
+    stage: u16,
+}
+
+/// The metrics data-flow tracking measures for a stage, judged like any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowMetric {
+    /// Milliseconds from the end of the last of the stage's upstream stages to its start.
+    HopDelay,
+    /// Milliseconds from a run's first start to its end at this (final) stage.
+    E2eLatency,
+}
+
+impl FlowMetric {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowMetric::HopDelay => "hop_delay",
+            FlowMetric::E2eLatency => "e2e_latency",
+        }
+    }
+}
+
+/// A figure the tracker measured for a stage once a run settled there, in
+/// milliseconds, the unit of every duration in events (`duration_ms`). The engine that
+/// reported the stage takes it into the bucket of `end_ms` ([`FlowTracker::take_settled`]).
+#[derive(Debug, Clone, Copy)]
 pub struct SettledFigure {
-    pub pipeline: Arc<str>,
-    pub stage: Arc<str>,
+    pub key: StageKey,
+    /// The tag the engine gave the stage when it last reported it.
+    pub tag: u32,
     pub end_ms: i64,
-    pub metric: Arc<str>,
+    pub metric: FlowMetric,
     pub value: f64,
 }
 
@@ -92,23 +119,69 @@ struct Visit {
     loss_checked: bool,
 }
 
-#[derive(Debug, Clone)]
+/// A run in its slot of [`FlowTracker::runs`]. A slot is reused once its run is
+/// forgotten, with the capacity of its lists: in a steady state following runs
+/// allocates nothing.
+#[derive(Debug, Clone, Default)]
 struct Run {
+    /// Which run holds the slot; 0 while the slot is free.
+    serial: u64,
+    /// Of the correlation id, to find the run and to forget it without hashing again.
+    hash: u64,
     pipeline: u32,
-    correlation_id: Box<str>,
-    visits: Vec<Visit>,
+    correlation_id: InlineId,
+    /// Inline up to a few stages: finding a run and its visits then reads one place in
+    /// memory, where separate allocations cost a cache miss each, per event.
+    visits: SmallVec<[Visit; 4]>,
     /// The lineage edges this run counts for (see [`relearn`]).
     edges: Vec<(u16, u16)>,
     last_ms: i64,
 }
 
+/// A correlation id, kept inside its run's slot when short (ids are usually a pipeline
+/// name and a time or a number), for the reason the visits are.
+#[derive(Debug, Clone, Default)]
+struct InlineId(SmallVec<[u8; 48]>);
+
+impl InlineId {
+    fn set(&mut self, id: &str) {
+        self.0.clear();
+        self.0.extend_from_slice(id.as_bytes());
+    }
+
+    fn is(&self, id: &str) -> bool {
+        self.0[..] == *id.as_bytes()
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("set from a str")
+    }
+
+    fn heap_bytes(&self) -> usize {
+        if self.0.spilled() {
+            self.0.capacity()
+        } else {
+            0
+        }
+    }
+}
+
+/// A run, as queues and checks refer to it: a slot and the serial of the run that held
+/// it then, so a reference outliving its run finds nothing. Ordered by serial, that is
+/// by the age of the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct RunRef {
+    serial: u64,
+    slot: u32,
+}
+
 /// Something to check at a moment of event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Check {
-    /// Has run `run` reached stage `to`, after leaving `from`?
-    Arrival { run: u64, from: u16, to: u16 },
-    /// Has run `run` succeeded at `stage` since failing there?
-    Recovery { run: u64, stage: u16 },
+    /// Has the run reached stage `to`, after leaving `from`?
+    Arrival { run: RunRef, from: u16, to: u16 },
+    /// Has the run succeeded at `stage` since failing there?
+    Recovery { run: RunRef, stage: u16 },
 }
 
 /// Where one source of events (an engine) is in event time.
@@ -119,6 +192,69 @@ enum SourceClock {
     At(i64),
     /// Removed; the slot may be reused.
     Gone,
+}
+
+/// One source of events (an engine).
+#[derive(Debug)]
+struct Source {
+    clock: SourceClock,
+    /// Visits it reported, waiting to settle: (when, run, stage), oldest first.
+    settling: VecDeque<(i64, RunRef, u16)>,
+    /// Figures for the stages it reported, waiting for it to take them.
+    settled: Vec<SettledFigure>,
+}
+
+/// What a run showed at a stage, for one of the stage's data-flow lifecycles.
+#[derive(Debug, Clone, Copy)]
+enum Finding {
+    /// What the stage read against what its upstream stages wrote.
+    Records(Loss),
+    /// The run reached the stage within the deadlines of its hops.
+    Arrived,
+    /// The run left `from` at `left_ms` and had not reached the stage by its deadline.
+    Stuck { from: u16, left_ms: i64 },
+    /// The stage completed the run.
+    Completed,
+    /// The stage failed the run, and no retry succeeded.
+    Failed,
+}
+
+/// A stage read `read` records of the `fed` that its upstream stages wrote in a run.
+#[derive(Debug, Clone, Copy)]
+struct Loss {
+    fed: u64,
+    read: u64,
+    lost: u64,
+    /// Lost records within `flow.loss_tolerance` (and `flow.loss_min_records`).
+    allowed: f64,
+    share: f64,
+    /// How many tolerances were lost: the score of a run, as a detector's is of a
+    /// bucket (in the tolerance's units, not standard deviations).
+    score: f64,
+}
+
+impl Loss {
+    fn new(settings: &FlowSettings, fed: u64, read: u64) -> Loss {
+        let lost = fed.saturating_sub(read);
+        let tolerance = settings.loss_tolerance;
+        let share = if fed == 0 {
+            0.0
+        } else {
+            lost as f64 / fed as f64
+        };
+        Loss {
+            fed,
+            read,
+            lost,
+            allowed: (fed as f64 * tolerance).max(settings.loss_min_records as f64 - 1.0),
+            share,
+            score: -share / tolerance.max(1e-6),
+        }
+    }
+
+    fn beyond_tolerance(&self) -> bool {
+        self.lost as f64 > self.allowed
+    }
 }
 
 /// Counters of the tracker, for metrics and tests.
@@ -134,7 +270,8 @@ pub struct FlowStats {
     pub data_loss_checks: u64,
     pub stuck_runs: u64,
     pub failed_runs: u64,
-    /// Figures no engine took (more waiting than `4 × flow.max_runs`).
+    /// Figures no engine took: more waiting for one engine than `4 × flow.max_runs`, or
+    /// waiting for an engine that went away.
     pub figures_dropped: u64,
 }
 
@@ -147,25 +284,24 @@ pub struct FlowTracker {
     hasher: hashbrown::DefaultHashBuilder,
     pipelines: Vec<PipelineFlow>,
     pipeline_index: HashMap<Arc<str>, u32>,
-    runs: HashMap<u64, Run>,
-    /// Run ids by the hash of their correlation id.
-    by_correlation: HashTable<u64>,
-    /// Run ids, oldest first.
-    order: VecDeque<u64>,
-    next_run: u64,
+    /// Run slots; `free` lists the free ones.
+    runs: Vec<Run>,
+    free: Vec<u32>,
+    live_runs: usize,
+    /// Slots of the live runs, by the hash of their correlation id.
+    by_correlation: HashTable<u32>,
+    /// Live runs, oldest first (and references to forgotten ones, skipped).
+    order: VecDeque<RunRef>,
+    next_serial: u64,
     checks: BinaryHeap<Reverse<(i64, Check)>>,
-    /// Visits waiting to settle, per source: (when, run, stage), oldest first.
-    settling: Vec<VecDeque<(i64, u64, u16)>>,
     lateness_ms: i64,
-    /// Each source's watermark; the clock is the slowest.
-    sources: Vec<SourceClock>,
+    sources: Vec<Source>,
+    /// The slowest source's watermark.
     now_ms: i64,
     stats: FlowStats,
-    e2e_metric: Arc<str>,
-    hop_metric: Arc<str>,
-    /// Figures waiting for the engine of their stage.
-    settled: Vec<SettledFigure>,
-    scratch: Vec<u16>,
+    /// Buffers reused from call to call.
+    scratch_edges: Vec<(u16, u16)>,
+    scratch_walk: Vec<u16>,
 }
 
 impl FlowTracker {
@@ -183,20 +319,19 @@ impl FlowTracker {
             hasher: Default::default(),
             pipelines: Vec::new(),
             pipeline_index: HashMap::new(),
-            runs: HashMap::new(),
+            runs: Vec::new(),
+            free: Vec::new(),
+            live_runs: 0,
             by_correlation: HashTable::new(),
             order: VecDeque::new(),
-            next_run: 0,
+            next_serial: 1,
             checks: BinaryHeap::new(),
-            settling: Vec::new(),
             lateness_ms: settings.lateness_ms(),
             sources: Vec::new(),
             now_ms: i64::MIN,
             stats: FlowStats::default(),
-            e2e_metric: Arc::from("e2e_latency"),
-            hop_metric: Arc::from("hop_delay"),
-            settled: Vec::new(),
-            scratch: Vec::new(),
+            scratch_edges: Vec::new(),
+            scratch_walk: Vec::new(),
         }
     }
 
@@ -213,50 +348,90 @@ impl FlowTracker {
     }
 
     pub fn tracked_runs(&self) -> usize {
-        self.runs.len()
+        self.live_runs
     }
 
     /// Registers a source of events (an engine): until it reports where it is, and
     /// then by its watermark, it holds the clock back. A partition not read yet may
     /// hold the upstream stages of runs that other partitions have already delivered.
     pub fn add_source(&mut self) -> usize {
-        match self.sources.iter().position(|s| *s == SourceClock::Gone) {
+        match self
+            .sources
+            .iter()
+            .position(|s| s.clock == SourceClock::Gone)
+        {
             Some(free) => {
-                self.sources[free] = SourceClock::Waiting;
+                self.sources[free].clock = SourceClock::Waiting;
                 free
             }
             None => {
-                self.sources.push(SourceClock::Waiting);
-                self.settling.push(VecDeque::new());
+                self.sources.push(Source {
+                    clock: SourceClock::Waiting,
+                    settling: VecDeque::new(),
+                    settled: Vec::new(),
+                });
                 self.sources.len() - 1
             }
         }
     }
 
-    /// A source went away (its partition was revoked): it holds nothing back any more.
+    /// A source went away (its partition was revoked): it holds nothing back any more,
+    /// and the figures waiting for it are dropped with its stages' buckets. Its visits
+    /// still settle.
     pub fn remove_source(&mut self, source: usize) {
         if let Some(s) = self.sources.get_mut(source) {
-            *s = SourceClock::Gone;
+            s.clock = SourceClock::Gone;
+            self.stats.figures_dropped += s.settled.len() as u64;
+            s.settled.clear();
         }
     }
 
-    /// Takes in one valid event with a correlation id (from source `source`); alerts go
-    /// to `alerts`.
-    pub fn observe(&mut self, source: usize, event: &Event, alerts: &mut Vec<Alert>) {
+    /// The key of stage `stage` of `pipeline`, added if new; none (counted) when the
+    /// pipeline has `flow.max_stages_per_pipeline` stages already.
+    pub fn stage_key(&mut self, pipeline: &str, stage: &str) -> Option<StageKey> {
+        let id = match self.pipeline_index.get(pipeline) {
+            Some(&id) => id,
+            None => {
+                let flow = PipelineFlow::new(pipeline, self.min_runs);
+                let id = self.pipelines.len() as u32;
+                self.pipeline_index.insert(Arc::clone(&flow.name), id);
+                self.pipelines.push(flow);
+                id
+            }
+        };
+        let max_stages = self.settings.max_stages_per_pipeline;
+        match self.pipelines[id as usize].stage_id_or_add(stage, max_stages) {
+            Some(stage) => Some(StageKey {
+                pipeline: id,
+                stage,
+            }),
+            None => {
+                self.stats.stages_over_limit += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes in one valid event of stage `key` from source `source`, which tags the
+    /// stage `tag` (the figures measured for the stage come back with it); events
+    /// without a correlation id have nothing to follow. Alerts go to `alerts`.
+    pub fn observe(
+        &mut self,
+        source: usize,
+        key: StageKey,
+        tag: u32,
+        event: &Event,
+        alerts: &mut Vec<Alert>,
+    ) {
         let Some(correlation_id) = event.correlation_id.as_deref() else {
             return;
         };
-        let pipeline = self.pipeline_id(&event.pipeline);
-        let max_stages = self.settings.max_stages_per_pipeline;
-        let p = &mut self.pipelines[pipeline as usize];
-        let Some(stage) = p.stage_id_or_add(&event.stage, max_stages) else {
-            self.stats.stages_over_limit += 1;
-            return;
-        };
+        let p = &mut self.pipelines[key.pipeline as usize];
+        p.stages[key.stage as usize].home = (source as u32, tag);
         let end_ms = event.timestamp_ms;
         let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
         let visit = Visit {
-            stage,
+            stage: key.stage,
             start_ms,
             end_ms,
             records_in: event.records_in,
@@ -266,220 +441,215 @@ impl FlowTracker {
             reported: false,
             loss_checked: false,
         };
-        let run_id = self.run_id(pipeline, correlation_id, end_ms);
-        self.visit(source, run_id, visit, alerts);
+        let run = self.run_of(key.pipeline, correlation_id, end_ms);
+        self.visit(source, run, visit, alerts);
     }
 
-    fn pipeline_id(&mut self, name: &str) -> u32 {
-        if let Some(&id) = self.pipeline_index.get(name) {
-            return id;
-        }
-        let flow = PipelineFlow::new(name);
-        let id = self.pipelines.len() as u32;
-        self.pipeline_index.insert(Arc::clone(&flow.name), id);
-        self.pipelines.push(flow);
-        id
+    fn run(&self, run: RunRef) -> Option<&Run> {
+        self.runs
+            .get(run.slot as usize)
+            .filter(|r| r.serial == run.serial)
+    }
+
+    fn run_mut(&mut self, run: RunRef) -> Option<&mut Run> {
+        self.runs
+            .get_mut(run.slot as usize)
+            .filter(|r| r.serial == run.serial)
     }
 
     /// The run of `correlation_id` in `pipeline`, started if new.
-    fn run_id(&mut self, pipeline: u32, correlation_id: &str, ts_ms: i64) -> u64 {
+    fn run_of(&mut self, pipeline: u32, correlation_id: &str, ts_ms: i64) -> RunRef {
         let hash = self.hasher.hash_one(correlation_id);
         let runs = &self.runs;
-        if let Some(&id) = self.by_correlation.find(hash, |id| {
-            runs.get(id)
-                .is_some_and(|r| r.pipeline == pipeline && *r.correlation_id == *correlation_id)
+        if let Some(&slot) = self.by_correlation.find(hash, |&slot| {
+            let r = &runs[slot as usize];
+            r.pipeline == pipeline && r.correlation_id.is(correlation_id)
         }) {
-            return id;
+            return RunRef {
+                serial: runs[slot as usize].serial,
+                slot,
+            };
         }
-        if self.runs.len() >= self.settings.max_runs {
+        if self.live_runs >= self.settings.max_runs {
             self.forget_oldest();
             self.stats.runs_evicted += 1;
         }
-        let id = self.next_run;
-        self.next_run += 1;
-        self.runs.insert(
-            id,
-            Run {
-                pipeline,
-                correlation_id: Box::from(correlation_id),
-                visits: Vec::with_capacity(4),
-                edges: Vec::new(),
-                last_ms: ts_ms,
-            },
-        );
-        let (runs, hasher) = (&self.runs, &self.hasher);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.runs.push(Run::default());
+                (self.runs.len() - 1) as u32
+            }
+        };
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let r = &mut self.runs[slot as usize];
+        r.serial = serial;
+        r.hash = hash;
+        r.pipeline = pipeline;
+        r.correlation_id.set(correlation_id);
+        r.visits.clear();
+        r.edges.clear();
+        r.last_ms = ts_ms;
+        let runs = &self.runs;
         self.by_correlation
-            .insert_unique(hash, id, |id| hasher.hash_one(&*runs[id].correlation_id));
-        self.order.push_back(id);
+            .insert_unique(hash, slot, |&s| runs[s as usize].hash);
+        let run = RunRef { serial, slot };
+        self.order.push_back(run);
+        self.live_runs += 1;
         self.stats.runs_started += 1;
-        id
+        run
     }
 
     fn forget_oldest(&mut self) {
-        while let Some(id) = self.order.pop_front() {
-            if self.forget(id) {
+        while let Some(run) = self.order.pop_front() {
+            if self.forget(run) {
                 return;
             }
         }
     }
 
-    fn forget(&mut self, id: u64) -> bool {
-        let Some(run) = self.runs.remove(&id) else {
+    fn forget(&mut self, run: RunRef) -> bool {
+        let Some(r) = self.runs.get_mut(run.slot as usize) else {
             return false;
         };
-        let hash = self.hasher.hash_one(&*run.correlation_id);
-        if let Ok(entry) = self.by_correlation.find_entry(hash, |&i| i == id) {
+        if r.serial != run.serial {
+            return false;
+        }
+        r.serial = 0;
+        if let Ok(entry) = self.by_correlation.find_entry(r.hash, |&s| s == run.slot) {
             entry.remove();
         }
+        self.free.push(run.slot);
+        self.live_runs -= 1;
         true
     }
 
-    fn visit(&mut self, source: usize, run_id: u64, visit: Visit, alerts: &mut Vec<Alert>) {
-        let run = self.runs.get_mut(&run_id).expect("the run was just found");
-        run.last_ms = run.last_ms.max(visit.end_ms);
-        let p = &mut self.pipelines[run.pipeline as usize];
+    fn visit(&mut self, source: usize, run: RunRef, visit: Visit, alerts: &mut Vec<Alert>) {
+        let settings = &self.settings;
+        let r = &mut self.runs[run.slot as usize];
+        r.last_ms = r.last_ms.max(visit.end_ms);
+        let p = &mut self.pipelines[r.pipeline as usize];
         let stage = visit.stage;
 
         // A stage's visit is complete when it succeeds (or skips); failures and retries
         // before that are attempts, and the visit starts with the first of them.
         let attempt = is_attempt(&visit);
         let mut visit = visit;
-        match run.visits.iter().position(|v| v.stage == stage) {
+        match r.visits.iter().position(|v| v.stage == stage) {
             Some(i) => {
-                let earlier = run.visits[i];
+                let earlier = r.visits[i];
                 if !is_attempt(&earlier) || attempt {
                     // A duplicate report, or one more attempt: nothing new but, for an
                     // attempt delivered after its success, when the visit started.
-                    let v = &mut run.visits[i];
+                    let v = &mut r.visits[i];
                     v.start_ms = v.start_ms.min(visit.start_ms);
                     return;
                 }
                 visit.start_ms = visit.start_ms.min(earlier.start_ms);
-                run.visits[i] = visit;
+                r.visits[i] = visit;
             }
             None => {
-                let runs = &mut p.stages[stage as usize].runs;
-                *runs = runs.saturating_add(1);
-                run.visits.push(visit);
+                p.count_run(stage);
+                r.visits.push(visit);
                 if attempt {
                     if visit.status == Status::Failure {
-                        let wait = self.settings.stuck_min.as_millis() as i64;
+                        let wait = settings.stuck_min.as_millis() as i64;
                         if let Some(due) =
-                            check_due(&self.checks, self.settings.max_runs, visit.end_ms, wait)
+                            check_due(&self.checks, settings.max_runs, visit.end_ms, wait)
                         {
                             self.checks
-                                .push(Reverse((due, Check::Recovery { run: run_id, stage })));
+                                .push(Reverse((due, Check::Recovery { run, stage })));
                         }
                     }
                     return;
                 }
             }
         }
-        let mut downstream = std::mem::take(&mut self.scratch);
-        p.downstream(stage, self.min_runs, &mut downstream);
 
         // What needs every stage before this one: once no event that ended before
         // this one can still arrive (the clock, the slowest partition's event time, past
         // its end plus the allowed lateness), the run settles here (see `settle`).
-        let queue = &mut self.settling[source];
-        if queue.len() < 4 * self.settings.max_runs {
-            queue.push_back((visit.end_ms + self.lateness_ms, run_id, stage));
+        let queue = &mut self.sources[source].settling;
+        if queue.len() < 4 * settings.max_runs {
+            queue.push_back((visit.end_ms + self.lateness_ms, run, stage));
         }
 
         // Deadlines for the stages this one feeds that the run has not reached.
-        for &to in &downstream {
-            if run.visits.iter().any(|v| v.stage == to) {
+        for &to in p.downstream(stage) {
+            if r.visits.iter().any(|v| v.stage == to) {
                 continue;
             }
             let Some(hop) = p.hop(stage, to).filter(|h| h.carried >= self.min_runs) else {
                 continue;
             };
-            let deadline = deadline_ms(&self.settings, hop.p95_ms());
-            if let Some(due) =
-                check_due(&self.checks, self.settings.max_runs, visit.end_ms, deadline)
-            {
+            let deadline = deadline_ms(settings, hop.p95_ms());
+            if let Some(due) = check_due(&self.checks, settings.max_runs, visit.end_ms, deadline) {
                 self.checks.push(Reverse((
                     due,
                     Check::Arrival {
-                        run: run_id,
+                        run,
                         from: stage,
                         to,
                     },
                 )));
             }
         }
-        self.scratch = downstream;
 
-        let run = &self.runs[&run_id];
-        let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
         if visit.status == Status::Success {
-            self.observe_failed(pipeline, stage, &corr, visit, false, alerts);
+            let key = StageKey {
+                pipeline: r.pipeline,
+                stage,
+            };
+            self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
         }
     }
 
     /// A run's visit of `stage` has settled: every stage that ended before it has
     /// reported, whatever partitions they came through. Only now does the run count for
     /// the lineage and are its records compared with its upstream stages'.
-    fn settle(&mut self, run_id: u64, stage: u16, alerts: &mut Vec<Alert>) {
-        let Some(run) = self.runs.get_mut(&run_id) else {
+    fn settle(&mut self, run: RunRef, stage: u16, alerts: &mut Vec<Alert>) {
+        let Some(r) = self
+            .runs
+            .get_mut(run.slot as usize)
+            .filter(|r| r.serial == run.serial)
+        else {
             return;
         };
-        let p = &mut self.pipelines[run.pipeline as usize];
-        relearn(p, run);
-        let Some(i) = run
+        let p = &mut self.pipelines[r.pipeline as usize];
+        // Where producers declare the lineage, runs need not teach it.
+        if p.stages[stage as usize].declared.is_none() {
+            relearn(p, r, stage, &mut self.scratch_edges);
+        }
+        let Some(i) = r
             .visits
             .iter()
             .position(|v| v.stage == stage && !is_attempt(v))
         else {
             return;
         };
-        let mut upstream = Vec::new();
-        p.upstream(stage, self.min_runs, &mut upstream);
-        if upstream.is_empty() || run.visits[i].loss_checked {
+        let upstream_count = p.upstream(stage).len();
+        if upstream_count == 0 || r.visits[i].loss_checked {
             return;
         }
-        // The hand-over into this stage, from the moment the last of its upstream stages
-        // ended (a stage fed by two waits for both, and that wait is not the hand-over's)
-        // to its first attempt's start; and at a final stage, the run's end-to-end
-        // latency. Taken now that the run's reports are all in: a retry delivered after
-        // its success would otherwise move the start.
-        let visit = run.visits[i];
-        let ready = upstream
-            .iter()
-            .map(|&from| completed(run, from).map(|up| up.end_ms))
-            .try_fold(i64::MIN, |latest, end| Some(latest.max(end?)));
-        let mut measured = Vec::new();
-        if let Some(ready) = ready {
-            measured.push((&self.hop_metric, (visit.start_ms - ready).max(0) as f64));
-        }
-        let mut downstream = Vec::new();
-        p.downstream(stage, self.min_runs, &mut downstream);
-        if downstream.is_empty() && p.stages[stage as usize].runs >= self.min_runs {
-            if let Some(first_start) = ancestry_start(p, run, stage, self.min_runs) {
-                measured.push((&self.e2e_metric, (visit.end_ms - first_start).max(0) as f64));
-            }
-        }
-        for (metric, value) in measured {
-            if self.settled.len() >= 4 * self.settings.max_runs {
-                self.stats.figures_dropped += 1;
-                continue;
-            }
-            self.settled.push(SettledFigure {
-                pipeline: Arc::clone(&p.name),
-                stage: Arc::clone(&p.stages[stage as usize].name),
-                end_ms: visit.end_ms,
-                metric: Arc::clone(metric),
-                value,
-            });
-        }
-        // Each hop's delays (upstream end to this end) train its stuck-run deadline; a
-        // run that arrived within it ends a stuck alert.
-        let visit = run.visits[i];
+        let visit = r.visits[i];
+        // One pass over the hops into this stage, for when the last of its upstream
+        // stages ended, what they wrote, and whether the run kept each hop's deadline.
+        let mut ready = Some(i64::MIN);
+        let mut fed = Some(0u64);
         let mut arrived_in_time = None;
-        for &from in &upstream {
-            let Some(up) = completed(run, from) else {
+        for j in 0..upstream_count {
+            let from = p.upstream(stage)[j];
+            let Some(up) = completed(r, from) else {
+                (ready, fed) = (None, None);
                 continue;
             };
+            ready = ready.map(|latest| latest.max(up.end_ms));
+            fed = fed
+                .zip(up.records_out)
+                .map(|(sum, out)| sum.saturating_add(out));
+            // Each hop's delays (upstream end to this end) train its stuck-run deadline;
+            // a run that arrived within it ends a stuck alert.
             let hop = p.hop_mut(from, stage);
             let arrival_ms = visit.end_ms - up.end_ms;
             if hop.carried >= self.min_runs {
@@ -488,47 +658,72 @@ impl FlowTracker {
             }
             hop.record(arrival_ms);
         }
-        if arrived_in_time == Some(true) {
-            let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
-            self.observe_stuck(
-                pipeline,
-                stage,
-                None,
-                &corr,
-                visit.start_ms,
-                visit.end_ms,
-                alerts,
-            );
+        // The hand-over into this stage, from the moment the last of its upstream stages
+        // ended (a stage fed by two waits for both, and that wait is not the hand-over's)
+        // to its first attempt's start; and at a final stage, the run's end-to-end
+        // latency. Taken now that the run's reports are all in: a retry delivered after
+        // its success would otherwise move the start.
+        let hop_delay = ready.map(|ready| (visit.start_ms - ready).max(0) as f64);
+        let final_stage =
+            p.downstream(stage).is_empty() && p.stages[stage as usize].runs >= self.min_runs;
+        let e2e_latency = final_stage
+            .then(|| ancestry_start(p, r, stage, &mut self.scratch_walk))
+            .flatten()
+            .map(|first_start| (visit.end_ms - first_start).max(0) as f64);
+        let key = StageKey {
+            pipeline: r.pipeline,
+            stage,
+        };
+        let (home, tag) = p.stages[stage as usize].home;
+        let figures = [
+            (FlowMetric::HopDelay, hop_delay),
+            (FlowMetric::E2eLatency, e2e_latency),
+        ];
+        for (metric, value) in figures {
+            let Some(value) = value else {
+                continue;
+            };
+            match self.sources.get_mut(home as usize) {
+                Some(source) if source.settled.len() < 4 * self.settings.max_runs => {
+                    source.settled.push(SettledFigure {
+                        key,
+                        tag,
+                        end_ms: visit.end_ms,
+                        metric,
+                        value,
+                    });
+                }
+                _ => self.stats.figures_dropped += 1,
+            }
         }
-        let run = self.runs.get_mut(&run_id).expect("still there");
-        let ups: Option<Vec<Visit>> = upstream.iter().map(|&u| completed(run, u)).collect();
-        let Some(ups) = ups else {
-            return;
+
+        let records = match (fed, visit.records_in) {
+            (Some(fed), Some(read)) => {
+                r.visits[i].loss_checked = true;
+                Some(Finding::Records(Loss::new(&self.settings, fed, read)))
+            }
+            _ => None,
         };
-        let fed = ups
-            .iter()
-            .try_fold(0u64, |sum, u| Some(sum + u.records_out?));
-        let (Some(fed), Some(read)) = (fed, run.visits[i].records_in) else {
-            return;
-        };
-        run.visits[i].loss_checked = true;
-        let visit = run.visits[i];
-        let (pipeline, corr) = (run.pipeline, run.correlation_id.clone());
-        self.observe_loss(pipeline, stage, &upstream, &corr, visit, fed, read, alerts);
+        if arrived_in_time == Some(true) {
+            self.judge(run, key, Finding::Arrived, visit.end_ms, alerts);
+        }
+        if let Some(records) = records {
+            self.judge(run, key, records, visit.end_ms, alerts);
+        }
     }
 
     /// Moves source `source`'s watermark to `watermark_ms`; the clock (the slowest
     /// source) then runs the checks that fall due and forgets expired runs.
     pub fn advance(&mut self, source: usize, watermark_ms: i64, alerts: &mut Vec<Alert>) {
         if let Some(s) = self.sources.get_mut(source) {
-            *s = match *s {
+            s.clock = match s.clock {
                 SourceClock::At(w) => SourceClock::At(w.max(watermark_ms)),
                 _ => SourceClock::At(watermark_ms),
             };
         }
         let mut now = None::<i64>;
         for s in &self.sources {
-            match *s {
+            match s.clock {
                 SourceClock::Waiting => return,
                 SourceClock::At(w) => now = Some(now.map_or(w, |n| n.min(w))),
                 SourceClock::Gone => {}
@@ -544,12 +739,12 @@ impl FlowTracker {
         // One queue per source: a partition delivers its events nearly in time order
         // (within the lateness), so a queue rather than a heap, and one settling a little
         // late costs nothing; but two partitions can be days apart while catching up.
-        for q in 0..self.settling.len() {
-            while let Some(&(due, run, stage)) = self.settling[q].front() {
+        for q in 0..self.sources.len() {
+            while let Some(&(due, run, stage)) = self.sources[q].settling.front() {
                 if due > now {
                     break;
                 }
-                self.settling[q].pop_front();
+                self.sources[q].settling.pop_front();
                 self.settle(run, stage, alerts);
             }
         }
@@ -561,12 +756,12 @@ impl FlowTracker {
             self.run_check(check, due, alerts);
         }
         let ttl = self.settings.run_ttl.as_millis() as i64;
-        while let Some(&id) = self.order.front() {
-            match self.runs.get(&id) {
-                Some(run) if run.last_ms + ttl > now => break,
+        while let Some(&run) = self.order.front() {
+            match self.run(run) {
+                Some(r) if r.last_ms + ttl > now => break,
                 Some(_) => {
                     self.order.pop_front();
-                    self.forget(id);
+                    self.forget(run);
                     self.stats.runs_expired += 1;
                 }
                 None => {
@@ -579,7 +774,7 @@ impl FlowTracker {
     fn run_check(&mut self, check: Check, due_ms: i64, alerts: &mut Vec<Alert>) {
         match check {
             Check::Arrival { run, from, to } => {
-                let Some(r) = self.runs.get_mut(&run) else {
+                let Some(r) = self.run_mut(run) else {
                     return;
                 };
                 if r.visits.iter().any(|v| v.stage == to) {
@@ -593,12 +788,15 @@ impl FlowTracker {
                 }
                 left.reported = true;
                 let left_ms = left.end_ms;
-                let (pipeline, corr) = (r.pipeline, r.correlation_id.clone());
+                let key = StageKey {
+                    pipeline: r.pipeline,
+                    stage: to,
+                };
                 self.stats.stuck_runs += 1;
-                self.observe_stuck(pipeline, to, Some(from), &corr, left_ms, due_ms, alerts);
+                self.judge(run, key, Finding::Stuck { from, left_ms }, due_ms, alerts);
             }
             Check::Recovery { run, stage } => {
-                let Some(r) = self.runs.get_mut(&run) else {
+                let Some(r) = self.run_mut(run) else {
                     return;
                 };
                 let Some(v) = r.visits.iter_mut().find(|v| v.stage == stage) else {
@@ -608,236 +806,201 @@ impl FlowTracker {
                     return;
                 }
                 v.reported = true;
-                let visit = *v;
-                let (pipeline, corr) = (r.pipeline, r.correlation_id.clone());
+                let end_ms = v.end_ms;
+                let key = StageKey {
+                    pipeline: r.pipeline,
+                    stage,
+                };
                 self.stats.failed_runs += 1;
-                self.observe_failed(pipeline, stage, &corr, visit, true, alerts);
+                self.judge(run, key, Finding::Failed, end_ms, alerts);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn observe_loss(
+    /// Passes what `run` showed at `stage` (at `at_ms`, which places it in a bucket) to
+    /// the stage's lifecycle for that kind of finding, and raises the alert a change of
+    /// state calls for. Runs for nearly every event, and nearly always finds nothing
+    /// changed: the alert is built apart.
+    #[inline(always)]
+    fn judge(
         &mut self,
-        pipeline: u32,
-        stage: u16,
-        upstream: &[u16],
-        corr: &str,
-        visit: Visit,
-        fed: u64,
-        read: u64,
+        run: RunRef,
+        key: StageKey,
+        finding: Finding,
+        at_ms: i64,
         alerts: &mut Vec<Alert>,
     ) {
-        self.stats.data_loss_checks += 1;
-        let lost = fed.saturating_sub(read);
-        let tolerance = self.settings.loss_tolerance;
-        let allowed = (fed as f64 * tolerance).max(self.settings.loss_min_records as f64 - 1.0);
-        let share = if fed == 0 {
-            0.0
-        } else {
-            lost as f64 / fed as f64
+        let critical = Observation::Anomalous(Severity::Critical);
+        let (track, observation) = match finding {
+            Finding::Records(loss) => {
+                self.stats.data_loss_checks += 1;
+                match loss.beyond_tolerance() {
+                    true => {
+                        let severity = Severity::from_score(loss.score, self.critical_score);
+                        (LOSS, Observation::Anomalous(severity))
+                    }
+                    false => (LOSS, Observation::Normal),
+                }
+            }
+            // Always critical: data that stops halfway is data nobody downstream gets.
+            Finding::Stuck { .. } => (STUCK, critical),
+            Finding::Arrived => (STUCK, Observation::Normal),
+            Finding::Failed => (FAILED, critical),
+            Finding::Completed => (FAILED, Observation::Normal),
         };
-        // How many tolerances were lost: the score of a run, as a detector's is of a
-        // bucket (in the tolerance's units, not standard deviations).
-        let score = -share / tolerance.max(1e-6);
-        let observation = if lost as f64 > allowed {
-            Observation::Anomalous(Severity::from_score(score, self.critical_score))
-        } else {
-            Observation::Normal
-        };
-        let (bucket_start, bucket_end) = self.bucket_of(visit.end_ms);
-        let p = &mut self.pipelines[pipeline as usize];
-        let Some(notice) = p.stages[stage as usize].tracks[LOSS].observe(
-            observation,
-            bucket_start,
-            bucket_end,
-            &self.rules,
-        ) else {
+        let lifecycle =
+            &mut self.pipelines[key.pipeline as usize].stages[key.stage as usize].tracks[track];
+        if observation == Observation::Normal && *lifecycle == Track::Idle {
+            return;
+        }
+        let width = self.factory.bucket_ms;
+        let bucket_start = at_ms.div_euclid(width) * width;
+        let Some(notice) =
+            lifecycle.observe(observation, bucket_start, bucket_start + width, &self.rules)
+        else {
             return;
         };
-        let names: Vec<&str> = upstream
-            .iter()
-            .map(|&u| &*p.stages[u as usize].name)
-            .collect();
-        let upstream_names = names.join(", ");
-        let stage_name = Arc::clone(&p.stages[stage as usize].name);
+        if let Some(r) = self
+            .runs
+            .get(run.slot as usize)
+            .filter(|r| r.serial == run.serial)
+        {
+            alerts.push(self.raise(r, key.stage, finding, notice, at_ms));
+        }
+    }
+
+    /// The alert for `notice`, a change of state of a stage's data-flow lifecycle after
+    /// what run `r` showed at `stage`.
+    #[inline(never)]
+    fn raise(&self, r: &Run, stage: u16, finding: Finding, notice: Notice, at_ms: i64) -> Alert {
+        let settings = &self.settings;
+        let width = self.factory.bucket_ms;
+        let bucket_start = at_ms.div_euclid(width) * width;
+        let bucket_end = bucket_start + width;
+        let p = &self.pipelines[r.pipeline as usize];
+        let (pipeline, stage_name) = (&*p.name, &*p.stages[stage as usize].name);
+        let corr = r.correlation_id.as_str();
+        let firing = matches!(notice, Notice::Firing { .. });
+        let human = crate::alert::human_number;
+        // What differs between the kinds: the alert's figures, its summary and the
+        // upstream stage it names besides its own.
+        let (kind, metric, [value, expected, lower, upper, score], summary, upward_only, from) =
+            match finding {
+                Finding::Records(loss) => {
+                    let upstream: Vec<&str> = p
+                        .upstream(stage)
+                        .iter()
+                        .map(|&s| &*p.stages[s as usize].name)
+                        .collect();
+                    let upstream = upstream.join(", ");
+                    let summary = if firing {
+                        format!(
+                            "{pipeline}/{stage_name} read {} records of the {} that {upstream} wrote in run {corr}: {} lost ({})",
+                            human(loss.read as f64),
+                            human(loss.fed as f64),
+                            human(loss.lost as f64),
+                            percent(loss.share),
+                        )
+                    } else {
+                        format!("{pipeline}/{stage_name} reads what {upstream} wrote again (run {corr})")
+                    };
+                    (
+                        AlertKind::DataLoss,
+                        "records_in",
+                        [
+                            loss.read as f64,
+                            loss.fed as f64,
+                            loss.fed as f64 - loss.allowed,
+                            loss.fed as f64,
+                            loss.score,
+                        ],
+                        summary,
+                        false,
+                        Some(upstream),
+                    )
+                }
+                Finding::Stuck { from, left_ms } => {
+                    let waited = (at_ms - left_ms) as f64 / 1000.0;
+                    let usual = p.hop(from, stage).map_or(0.0, |h| h.p95_ms() / 1000.0);
+                    let summary = format!(
+                        "run {corr} of {pipeline} left {} but has not reached {stage_name} after {} (usually within {})",
+                        p.stages[from as usize].name,
+                        crate::time::human_ms((waited * 1000.0) as i64),
+                        crate::time::human_ms((usual * 1000.0) as i64),
+                    );
+                    let upper = deadline_ms(settings, usual * 1000.0) as f64 / 1000.0;
+                    let score = waited / usual.max(1e-3);
+                    (
+                        AlertKind::StuckRun,
+                        "run_arrival",
+                        [waited, usual, 0.0, upper, score],
+                        summary,
+                        true,
+                        Some(p.stages[from as usize].name.to_string()),
+                    )
+                }
+                Finding::Arrived => (
+                    AlertKind::StuckRun,
+                    "run_arrival",
+                    [
+                        f64::NAN,
+                        f64::NAN,
+                        0.0,
+                        deadline_ms(settings, f64::NAN) as f64 / 1000.0,
+                        0.0,
+                    ],
+                    format!("{pipeline}/{stage_name} receives runs in time again (run {corr})"),
+                    true,
+                    None,
+                ),
+                Finding::Failed | Finding::Completed => {
+                    let failed = matches!(finding, Finding::Failed);
+                    let summary = if firing {
+                        format!(
+                            "{pipeline}/{stage_name} failed run {corr}, and no retry succeeded within {}",
+                            humantime::format_duration(settings.stuck_min)
+                        )
+                    } else {
+                        format!("{pipeline}/{stage_name} completes runs again (run {corr})")
+                    };
+                    (
+                        AlertKind::FailedRun,
+                        "run_status",
+                        [1.0, 0.0, 0.0, 0.0, if failed { 1.0 } else { 0.0 }],
+                        summary,
+                        true,
+                        None,
+                    )
+                }
+            };
         let mut alert = self.factory.build(&AlertFacts {
             notice,
-            kind: AlertKind::DataLoss,
-            pipeline: &p.name,
-            stage: &stage_name,
-            metric: "records_in",
+            kind,
+            pipeline,
+            stage: stage_name,
+            metric,
             detector: "flow",
-            value: read as f64,
-            expected: fed as f64,
-            lower: fed as f64 - allowed,
-            upper: fed as f64,
+            value,
+            expected,
+            lower,
+            upper,
             score,
             bucket_start,
             bucket_end,
             correlation_ids: &[corr],
-            upward_only: false,
+            upward_only,
         });
-        alert.summary = match notice {
-            Notice::Firing { .. } => format!(
-                "{}/{stage_name} read {} records of the {} that {upstream_names} wrote in run {corr}: {} lost ({})",
-                p.name,
-                crate::alert::human_number(read as f64),
-                crate::alert::human_number(fed as f64),
-                crate::alert::human_number(lost as f64),
-                percent(share),
-            ),
-            Notice::Resolved { .. } => format!(
-                "{}/{stage_name} reads what {upstream_names} wrote again (run {corr})",
-                p.name
-            ),
-        };
-        alert
-            .labels
-            .insert("upstream_stage", upstream_names.clone());
-        alert
-            .annotations
-            .insert("upstream_records_out", fed.to_string());
-        alert.annotations.insert("records_in", read.to_string());
-        alert.annotations.insert("records_lost", lost.to_string());
-        alerts.push(alert);
-    }
-
-    /// A run arrived at `stage` in time (`from` none), or did not arrive from `from`.
-    #[allow(clippy::too_many_arguments)]
-    fn observe_stuck(
-        &mut self,
-        pipeline: u32,
-        stage: u16,
-        from: Option<u16>,
-        corr: &str,
-        start_ms: i64,
-        end_ms: i64,
-        alerts: &mut Vec<Alert>,
-    ) {
-        let observation = match from {
-            // Always critical: data that stops halfway is data nobody downstream gets.
-            Some(_) => Observation::Anomalous(Severity::Critical),
-            None => Observation::Normal,
-        };
-        let (bucket_start, bucket_end) = self.bucket_of(end_ms);
-        let p = &mut self.pipelines[pipeline as usize];
-        let Some(notice) = p.stages[stage as usize].tracks[STUCK].observe(
-            observation,
-            bucket_start,
-            bucket_end,
-            &self.rules,
-        ) else {
-            return;
-        };
-        let stage_name = Arc::clone(&p.stages[stage as usize].name);
-        let (waited, usual, from_name) = match from {
-            Some(f) => {
-                let hop = p.hop(f, stage);
-                (
-                    (end_ms - start_ms) as f64 / 1000.0,
-                    hop.map_or(0.0, |h| h.p95_ms() / 1000.0),
-                    Some(Arc::clone(&p.stages[f as usize].name)),
-                )
-            }
-            None => (f64::NAN, f64::NAN, None),
-        };
-        let mut alert = self.factory.build(&AlertFacts {
-            notice,
-            kind: AlertKind::StuckRun,
-            pipeline: &p.name,
-            stage: &stage_name,
-            metric: "run_arrival",
-            detector: "flow",
-            value: waited,
-            expected: usual,
-            lower: 0.0,
-            upper: deadline_ms(&self.settings, usual * 1000.0) as f64 / 1000.0,
-            score: if from.is_some() {
-                waited / usual.max(1e-3)
-            } else {
-                0.0
-            },
-            bucket_start,
-            bucket_end,
-            correlation_ids: &[corr],
-            upward_only: true,
-        });
-        alert.summary = match (&notice, &from_name) {
-            (Notice::Firing { .. }, Some(f)) => format!(
-                "run {corr} of {} left {f} but has not reached {stage_name} after {} (usually within {})",
-                p.name,
-                crate::time::human_ms((waited * 1000.0) as i64),
-                crate::time::human_ms((usual * 1000.0) as i64),
-            ),
-            _ => format!("{}/{stage_name} receives runs in time again (run {corr})", p.name),
-        };
-        if let Some(f) = from_name {
-            alert.labels.insert("upstream_stage", f.to_string());
+        alert.summary = summary;
+        if let Some(from) = from {
+            alert.labels.insert("upstream_stage", from);
         }
-        alerts.push(alert);
-    }
-
-    fn observe_failed(
-        &mut self,
-        pipeline: u32,
-        stage: u16,
-        corr: &str,
-        visit: Visit,
-        failed: bool,
-        alerts: &mut Vec<Alert>,
-    ) {
-        let observation = match failed {
-            true => Observation::Anomalous(Severity::Critical),
-            false => Observation::Normal,
-        };
-        let (bucket_start, bucket_end) = self.bucket_of(visit.end_ms);
-        let p = &mut self.pipelines[pipeline as usize];
-        let Some(notice) = p.stages[stage as usize].tracks[FAILED].observe(
-            observation,
-            bucket_start,
-            bucket_end,
-            &self.rules,
-        ) else {
-            return;
-        };
-        let stage_name = Arc::clone(&p.stages[stage as usize].name);
-        let mut alert = self.factory.build(&AlertFacts {
-            notice,
-            kind: AlertKind::FailedRun,
-            pipeline: &p.name,
-            stage: &stage_name,
-            metric: "run_status",
-            detector: "flow",
-            value: 1.0,
-            expected: 0.0,
-            lower: 0.0,
-            upper: 0.0,
-            score: if failed { 1.0 } else { 0.0 },
-            bucket_start,
-            bucket_end,
-            correlation_ids: &[corr],
-            upward_only: true,
-        });
-        alert.summary = match notice {
-            Notice::Firing { .. } => format!(
-                "{}/{stage_name} failed run {corr}, and no retry succeeded within {}",
-                p.name,
-                humantime::format_duration(self.settings.stuck_min)
-            ),
-            Notice::Resolved { .. } => {
-                format!("{}/{stage_name} completes runs again (run {corr})", p.name)
-            }
-        };
-        alerts.push(alert);
-    }
-
-    /// The event-time bucket holding `ts_ms`: where a run's alert is placed, as the
-    /// alert schema places every alert.
-    fn bucket_of(&self, ts_ms: i64) -> (i64, i64) {
-        let width = self.factory.bucket_ms;
-        let start = ts_ms.div_euclid(width) * width;
-        (start, start + width)
+        if let Finding::Records(loss) = finding {
+            let annotations = &mut alert.annotations;
+            annotations.insert("upstream_records_out", loss.fed.to_string());
+            annotations.insert("records_in", loss.read.to_string());
+            annotations.insert("records_lost", loss.lost.to_string());
+        }
+        alert
     }
 
     /// Every run with this correlation id (one per pipeline that used it), as traces.
@@ -846,8 +1009,8 @@ impl FlowTracker {
         let mut traces: Vec<RunTrace<'_>> = self
             .by_correlation
             .iter_hash(hash)
-            .filter_map(|id| self.runs.get(id))
-            .filter(|r| *r.correlation_id == *correlation_id)
+            .map(|&slot| &self.runs[slot as usize])
+            .filter(|r| r.correlation_id.is(correlation_id))
             .map(|r| self.trace(r))
             .collect();
         traces.sort_by(|a, b| a.pipeline.cmp(b.pipeline));
@@ -858,12 +1021,11 @@ impl FlowTracker {
         let p = &self.pipelines[run.pipeline as usize];
         let mut visits = run.visits.clone();
         visits.sort_by_key(|v| (v.start_ms, v.end_ms));
-        let mut ups = Vec::new();
         let stages = visits
             .iter()
             .map(|v| {
-                p.upstream(v.stage, self.min_runs, &mut ups);
-                let hops = ups
+                let hops = p
+                    .upstream(v.stage)
                     .iter()
                     .filter_map(|&from| {
                         let up = run.visits.iter().find(|u| u.stage == from)?;
@@ -891,7 +1053,7 @@ impl FlowTracker {
         let end = visits.iter().map(|v| v.end_ms).max().unwrap_or(0);
         RunTrace {
             pipeline: &p.name,
-            correlation_id: &run.correlation_id,
+            correlation_id: run.correlation_id.as_str(),
             start,
             end,
             e2e_ms: end - start,
@@ -899,44 +1061,41 @@ impl FlowTracker {
         }
     }
 
-    /// Hands the figures waiting for stages that `owns` recognises to `f`; the others
-    /// wait for their own engine.
-    pub fn take_settled(
-        &mut self,
-        mut owns: impl FnMut(&str, &str) -> bool,
-        mut f: impl FnMut(SettledFigure),
-    ) {
-        if self.settled.is_empty() {
+    /// Moves the figures waiting for source `source` into `into`.
+    pub fn take_settled(&mut self, source: usize, into: &mut Vec<SettledFigure>) {
+        let Some(s) = self.sources.get_mut(source) else {
             return;
-        }
-        let mut i = 0;
-        while i < self.settled.len() {
-            let s = &self.settled[i];
-            if owns(&s.pipeline, &s.stage) {
-                f(self.settled.swap_remove(i));
-            } else {
-                i += 1;
-            }
+        };
+        if into.is_empty() {
+            // The two buffers trade places, capacities included: nothing is copied.
+            std::mem::swap(into, &mut s.settled);
+        } else {
+            into.append(&mut s.settled);
         }
     }
 
     /// The lineage of one pipeline.
     pub fn graph(&self, pipeline: &str) -> Option<Graph<'_>> {
         let &id = self.pipeline_index.get(pipeline)?;
-        Some(self.pipelines[id as usize].graph(self.min_runs))
+        Some(self.pipelines[id as usize].graph())
     }
 
-    /// Heap bytes held by runs (an estimate from capacities, for the memory benchmark).
+    /// Heap bytes held by runs, free slots included (an estimate from capacities, for
+    /// the memory benchmark).
     pub fn run_heap_bytes(&self) -> usize {
         self.runs
-            .values()
+            .iter()
             .map(|r| {
-                std::mem::size_of::<(u64, Run)>()
-                    + r.correlation_id.len()
-                    + r.visits.capacity() * std::mem::size_of::<Visit>()
-                    + std::mem::size_of::<u64>() * 3
+                std::mem::size_of::<Run>()
+                    + r.correlation_id.heap_bytes()
+                    + usize::from(r.visits.spilled())
+                        * r.visits.capacity()
+                        * std::mem::size_of::<Visit>()
+                    + r.edges.capacity() * std::mem::size_of::<(u16, u16)>()
             })
             .sum::<usize>()
+            + self.by_correlation.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.order.capacity() * std::mem::size_of::<RunRef>()
             + self.checks.len() * std::mem::size_of::<Reverse<(i64, Check)>>()
     }
 
@@ -946,7 +1105,8 @@ impl FlowTracker {
 }
 
 fn deadline_ms(settings: &FlowSettings, p95_ms: f64) -> i64 {
-    let floor = settings.stuck_min.as_millis() as f64;
+    // Through i64: u128 to f64 is a slow library call, and this runs per hop per run.
+    let floor = settings.stuck_min.as_millis() as i64 as f64;
     (p95_ms * settings.stuck_factor)
         .max(floor)
         .min(MAX_DEADLINE_MS as f64) as i64
@@ -966,39 +1126,39 @@ fn check_due(
     Some(from_ms.saturating_add(after_ms))
 }
 
-/// Counts what this run says of the lineage: a stage that ended before another started,
-/// with no stage of the run in between, comes right before it. Visits arrive in any order
-/// (a run's stages are on different partitions), so the run's edges are recomputed from
-/// all its visits and only the difference is counted: the outcome does not depend on the
-/// order of arrival.
-fn relearn(p: &mut PipelineFlow, run: &mut Run) {
-    let done: Vec<&Visit> = run.visits.iter().filter(|v| !is_attempt(v)).collect();
-    let mut edges = Vec::new();
-    for b in &done {
-        let before: Vec<&&Visit> = done
+/// Counts what this run says of the lineage into `stage`, whose visit has settled: a
+/// stage that ended before it started, with no stage of the run in between, comes right
+/// before it. Settled, every visit that ended before it has arrived, whatever the order
+/// of arrival; a visit that arrives later still (or a retry's success replacing the
+/// visit) makes the run count again, and only the difference from what it counted
+/// before is counted. `edges` is a buffer.
+fn relearn(p: &mut PipelineFlow, run: &mut Run, stage: u16, edges: &mut Vec<(u16, u16)>) {
+    let Some(b) = completed(run, stage) else {
+        return;
+    };
+    edges.clear();
+    edges.extend(run.edges.iter().filter(|&&(_, to)| to != stage));
+    let before = || {
+        run.visits
             .iter()
-            .filter(|v| v.stage != b.stage && v.end_ms <= b.start_ms)
-            .collect();
-        for v in &before {
-            let between = before
-                .iter()
-                .any(|w| w.stage != v.stage && w.start_ms >= v.end_ms);
-            if !between {
-                edges.push((v.stage, b.stage));
-            }
+            .filter(|v| !is_attempt(v) && v.stage != stage && v.end_ms <= b.start_ms)
+    };
+    for v in before() {
+        if !before().any(|w| w.stage != v.stage && w.start_ms >= v.end_ms) {
+            edges.push((v.stage, stage));
         }
     }
     for &(from, to) in &run.edges {
-        if !edges.contains(&(from, to)) {
+        if to == stage && !edges.contains(&(from, to)) {
             p.unlearn(from, to);
         }
     }
-    for &(from, to) in &edges {
-        if !run.edges.contains(&(from, to)) {
+    for &(from, to) in edges.iter() {
+        if to == stage && !run.edges.contains(&(from, to)) {
             p.learn(from, to);
         }
     }
-    run.edges = edges;
+    std::mem::swap(&mut run.edges, edges);
 }
 
 /// The completed visit of `stage` in `run`.
@@ -1010,19 +1170,25 @@ fn completed(run: &Run, stage: u16) -> Option<Visit> {
 }
 
 /// The earliest start among `stage` and every stage upstream of it, transitively, if all
-/// of them have completed in `run`.
-fn ancestry_start(p: &PipelineFlow, run: &Run, stage: u16, min_runs: u32) -> Option<i64> {
-    let mut seen = vec![stage];
-    let mut next = vec![stage];
+/// of them have completed in `run`. `walk` is a buffer.
+fn ancestry_start(p: &PipelineFlow, run: &Run, stage: u16, walk: &mut Vec<u16>) -> Option<i64> {
+    // Stage ids are below `flow.max_stages_per_pipeline`, at most 256.
+    let mut seen = [0u64; 4];
+    let mut mark = |s: u16| {
+        let (word, bit) = (s as usize / 64, 1u64 << (s % 64));
+        let new = seen[word] & bit == 0;
+        seen[word] |= bit;
+        new
+    };
+    walk.clear();
+    walk.push(stage);
+    mark(stage);
     let mut start = i64::MAX;
-    let mut ups = Vec::new();
-    while let Some(s) = next.pop() {
+    while let Some(s) = walk.pop() {
         start = start.min(completed(run, s)?.start_ms);
-        p.upstream(s, min_runs, &mut ups);
-        for &u in &ups {
-            if !seen.contains(&u) {
-                seen.push(u);
-                next.push(u);
+        for &u in p.upstream(s) {
+            if mark(u) {
+                walk.push(u);
             }
         }
     }
