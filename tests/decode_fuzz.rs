@@ -2,7 +2,9 @@
 //! every message gets exactly one counted outcome.
 
 use pipewatch::config::Settings;
-use pipewatch::decode::{decode, decode_with_serde, scan, DecodeLimits};
+use pipewatch::decode::{
+    decode, decode_with_serde, scan, DecodeLimits, MAX_NAME_LEN, MAX_UPSTREAM,
+};
 use pipewatch::engine::{Engine, Outcome, Outputs};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -72,9 +74,14 @@ fn event_like() -> impl Strategy<Value = Value> {
                 .boxed(),
         ),
         field((0u32..50).prop_map(|n| json!(format!("id-{n}"))).boxed()),
-        prop::collection::vec(any::<bool>(), 9),
+        field(
+            prop::collection::vec(name(), 0..4)
+                .prop_map(Value::Array)
+                .boxed(),
+        ),
+        prop::collection::vec(any::<bool>(), 10),
     )
-        .prop_map(|(p, s, t, rin, rout, err, dur, q, id, present)| {
+        .prop_map(|(p, s, t, rin, rout, err, dur, q, id, up, present)| {
             let mut m = Map::new();
             let fields = [
                 ("pipeline", p),
@@ -86,6 +93,7 @@ fn event_like() -> impl Strategy<Value = Value> {
                 ("duration_ms", dur),
                 ("quality", q),
                 ("event_id", id),
+                ("upstream", up),
             ];
             for ((k, v), keep) in fields.into_iter().zip(present) {
                 if keep {
@@ -122,6 +130,11 @@ proptest! {
                 prop_assert!(e.timestamp_ms <= NOW + 300_000);
                 prop_assert!(e.duration_ms.is_none_or(|d| d.is_finite() && d >= 0.0));
                 prop_assert!(e.quality.iter().all(|(_, x)| x.is_finite()));
+                prop_assert!(e.upstream.len() <= MAX_UPSTREAM);
+                prop_assert_eq!(e.upstream.is_empty(), e.upstream.names().next().is_none());
+                for n in e.upstream.names() {
+                    prop_assert!(!n.is_empty() && n.chars().count() <= MAX_NAME_LEN, "{:?}", n);
+                }
             }
             Err(r) => prop_assert!(r.field.is_some() || value.as_object().is_none()),
         }
@@ -469,7 +482,17 @@ fn same_as_serde(text: &str) -> Result<(), TestCaseError> {
     let unlimited = DecodeLimits::new(usize::MAX, i64::MAX, 0);
     if let Some(fast) = std::str::from_utf8(bytes).ok().and_then(scan::event) {
         match decode_with_serde(bytes, &unlimited) {
-            Ok(slow) => prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", text),
+            Ok(slow) => {
+                prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{}", text);
+                // The two paths hold upstream names differently (the text, a list):
+                // equal all the same, name by name.
+                prop_assert_eq!(&fast.upstream, &slow.upstream, "{}", text);
+                prop_assert_eq!(
+                    fast.upstream.names().collect::<Vec<_>>(),
+                    slow.upstream.names().collect::<Vec<_>>()
+                );
+                prop_assert_eq!(fast.upstream.len(), slow.upstream.len());
+            }
             Err(r) => prop_assert!(false, "fast path accepted what serde refuses ({r}): {text}"),
         }
     }
@@ -480,8 +503,75 @@ fn same_as_serde(text: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// An upstream name as JSON text, and the name it stands for: usually plain, sometimes
+/// with characters escaped (`\"`, `\\`, `\/`, or `\u` escapes, surrogate pairs beyond
+/// the BMP).
+fn upstream_name() -> impl Strategy<Value = (String, String)> {
+    (
+        prop_oneof![6 => "[a-z_0-9-]{1,12}", 1 => "[a-zé€😀\"\\\\/ ]{1,8}"],
+        prop_oneof![3 => Just(0u64), 1 => any::<u64>()],
+        any::<u64>(),
+    )
+        .prop_map(|(name, escape, short)| {
+            let mut text = String::from("\"");
+            for (i, c) in name.chars().enumerate() {
+                let bit = |bits: u64| bits >> (i % 64) & 1 == 1;
+                if !(c == '"' || c == '\\' || bit(escape)) {
+                    text.push(c);
+                } else if matches!(c, '"' | '\\' | '/') && bit(short) {
+                    text.push('\\');
+                    text.push(c);
+                } else {
+                    for unit in c.encode_utf16(&mut [0; 2]) {
+                        text.push_str(&format!("\\u{unit:04x}"));
+                    }
+                }
+            }
+            text.push('"');
+            (text, name)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+
+    /// Upstream names absent, `null`, `[]` or listed, escaped or not, in the schema's
+    /// place or first: both paths give back exactly the names written, in order.
+    #[test]
+    fn upstream_names_come_back_as_written(
+        names in prop::collection::vec(upstream_name(), 0..6),
+        form in prop::sample::select(vec!["absent", "null", "array"]),
+        first in any::<bool>(),
+        ws in ws(),
+    ) {
+        let items: Vec<&str> = names.iter().map(|(text, _)| text.as_str()).collect();
+        let value = match form {
+            "absent" => None,
+            "null" => Some("null".to_string()),
+            _ => Some(format!("[{ws}{}{ws}]", items.join(&format!("{ws},{ws}")))),
+        };
+        let base = r#""pipeline":"p","stage":"s","timestamp":1793491200000"#;
+        let text = match (&value, first) {
+            (None, _) => format!("{{{base}}}"),
+            (Some(v), true) => format!(r#"{{"upstream":{ws}{v},{base}}}"#),
+            (Some(v), false) => format!(r#"{{{base},"upstream":{ws}{v}}}"#),
+        };
+        let expected: Vec<&str> = match form {
+            "array" => names.iter().map(|(_, name)| name.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        for e in [decode(text.as_bytes(), &limits()), decode_with_serde(text.as_bytes(), &limits())] {
+            let e = e.map_err(|r| TestCaseError::fail(format!("{r}: {text}")))?;
+            prop_assert_eq!(e.upstream.names().collect::<Vec<_>>(), expected.clone(), "{}", text);
+            prop_assert_eq!(e.upstream.len(), expected.len());
+            prop_assert_eq!(e.upstream.is_empty(), expected.is_empty());
+        }
+        // Without escapes, this is the plain shape the fast path is for.
+        if !text.contains('\\') {
+            prop_assert!(scan::event(&text).is_some(), "the fast path declined {}", text);
+        }
+        same_as_serde(&text)?;
+    }
 
     #[test]
     fn fast_path_agrees_on_event_texts(text in event_text()) {

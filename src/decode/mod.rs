@@ -64,8 +64,90 @@ pub struct Event<'a> {
     pub duration_ms: Option<f64>,
     pub errors: Option<u64>,
     pub quality: QualityFigures<'a>,
-    // `upstream` is validated but not kept: nothing downstream reads it, and keeping it
-    // cost an allocation per event.
+    /// The stages the event says feed this one; empty when it names none.
+    pub upstream: Upstream<'a>,
+}
+
+/// The stage names of an event's `upstream`, in the order the event gives them: the
+/// stages of the same pipeline that feed this one. Absent, `null` and `[]` are empty.
+/// Each name is valid as a stage name is (1 to [`MAX_NAME_LEN`] characters), there are
+/// at most [`MAX_UPSTREAM`], and they are as the event wrote them: not deduplicated, and
+/// not checked against the pipeline's stages.
+///
+/// Read with [`Upstream::names`]. Equality and `Debug` go by the names alone, whichever
+/// path decoded the event.
+#[derive(Clone)]
+pub struct Upstream<'a>(UpstreamNames<'a>);
+
+/// How an [`Upstream`] holds its names. The fast path keeps the array's text rather than
+/// a list, which would cost an allocation for every event that names its upstream stages
+/// (in pipelines that declare them, every event but their sources').
+#[derive(Clone)]
+enum UpstreamNames<'a> {
+    /// The text of a valid array of names without escapes, from the first name's opening
+    /// quote to the last one's closing quote (empty for no names): each name stands
+    /// between a pair of quotes, with only commas and whitespace between the pairs.
+    Text(&'a str),
+    /// Names read by the serde path, unescaped.
+    List(Vec<Cow<'a, str>>),
+}
+
+impl<'a> Upstream<'a> {
+    /// The names in the text of an array; see [`UpstreamNames::Text`] for what it must be.
+    fn from_text(text: &'a str) -> Upstream<'a> {
+        Upstream(UpstreamNames::Text(text))
+    }
+
+    /// The names, in the event's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let (mut text, list) = match &self.0 {
+            UpstreamNames::Text(text) => (*text, &[][..]),
+            UpstreamNames::List(list) => ("", &list[..]),
+        };
+        // Names without escapes hold no quote, so the quotes pair up around them.
+        let from_text = std::iter::from_fn(move || {
+            let (_, rest) = text.split_once('"')?;
+            let (name, rest) = rest.split_once('"')?;
+            text = rest;
+            Some(name)
+        });
+        from_text.chain(list.iter().map(|name| &**name))
+    }
+
+    /// How many names there are (counted: at most [`MAX_UPSTREAM`]).
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            UpstreamNames::Text(_) => self.names().count(),
+            UpstreamNames::List(list) => list.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            UpstreamNames::Text(text) => text.is_empty(),
+            UpstreamNames::List(list) => list.is_empty(),
+        }
+    }
+}
+
+impl Default for Upstream<'_> {
+    fn default() -> Self {
+        Upstream::from_text("")
+    }
+}
+
+impl PartialEq for Upstream<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.names().eq(other.names())
+    }
+}
+
+impl Eq for Upstream<'_> {}
+
+impl fmt::Debug for Upstream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
 }
 
 /// Why a message was refused; the label of the `invalid messages by reason` counter.
@@ -319,6 +401,7 @@ struct Fields<'a> {
     duration_ms: Option<f64>,
     errors: Option<u64>,
     quality: Option<QualityFigures<'a>>,
+    upstream: Upstream<'a>,
 }
 
 impl<'a> Fields<'a> {
@@ -348,7 +431,7 @@ impl<'a> Fields<'a> {
             Key::Errors => self.errors = count("errors", v)?,
             Key::DurationMs => self.duration_ms = duration(v)?,
             Key::Quality => self.quality = quality(v)?,
-            Key::Upstream => upstream(v)?,
+            Key::Upstream => self.upstream = upstream(v)?,
             Key::Attributes => attributes(v)?,
             Key::Unknown => {}
         }
@@ -371,6 +454,7 @@ impl<'a> Fields<'a> {
             duration_ms: self.duration_ms,
             errors: self.errors,
             quality: self.quality.unwrap_or_default(),
+            upstream: self.upstream,
         })
     }
 }
@@ -740,22 +824,26 @@ fn quality(v: Json<'_>) -> Result<Option<QualityFigures<'_>>, Rejection> {
     Ok(Some(figures))
 }
 
-fn upstream(v: Json<'_>) -> Result<(), Rejection> {
+fn upstream(v: Json<'_>) -> Result<Upstream<'_>, Rejection> {
     let items = match v {
-        Json::Null => return Ok(()),
+        Json::Null => return Ok(Upstream::default()),
         Json::Array(items) => items,
         other => return Err(wrong_type("upstream", "an array of stage names", &other)),
     };
     if items.len() > MAX_UPSTREAM {
         return Err(too_many("upstream", MAX_UPSTREAM));
     }
+    if items.is_empty() {
+        return Ok(Upstream::default());
+    }
+    let mut names = Vec::with_capacity(items.len());
     for item in items {
-        match item {
+        names.push(match item {
             Json::Null => return Err(wrong_type("upstream", "an array of stage names", &item)),
             item => name("upstream", item, MAX_NAME_LEN)?,
-        };
+        });
     }
-    Ok(())
+    Ok(Upstream(UpstreamNames::List(names)))
 }
 
 /// `attributes` is validated but not kept: pipewatch never turns attributes into metric
@@ -844,6 +932,7 @@ mod tests {
         assert_eq!(e.quality.len(), 3);
         assert_eq!(e.quality[0], (Cow::Borrowed("null_rate"), 0.002));
         assert_eq!(e.status, Status::Success);
+        assert_eq!(e.upstream.names().collect::<Vec<_>>(), ["extract"]);
     }
 
     #[test]
@@ -1069,5 +1158,83 @@ mod tests {
             ups.join(",")
         );
         assert_eq!(bad(&json).reason, Reason::TooMany);
+    }
+
+    fn names<'a>(upstream: &'a Upstream) -> Vec<&'a str> {
+        upstream.names().collect()
+    }
+
+    #[test]
+    fn upstream_names_come_back_in_order_borrowed_from_the_message() {
+        let json = r#"{"pipeline":"p","stage":"join","timestamp":1793491200000,
+            "upstream":[ "extract" ,"clean",
+                "café"]}"#;
+        let fast = ok(json);
+        assert_eq!(names(&fast.upstream), ["extract", "clean", "café"]);
+        assert_eq!(fast.upstream.len(), 3);
+        assert!(!fast.upstream.is_empty());
+        // Decoded by the scanner, the names are the message's own text: no list, no copy.
+        assert!(matches!(fast.upstream.0, UpstreamNames::Text(_)));
+        let slow = decode_with_serde(json.as_bytes(), &limits()).unwrap();
+        assert!(matches!(slow.upstream.0, UpstreamNames::List(_)));
+        assert_eq!(fast.upstream, slow.upstream);
+        assert_eq!(
+            format!("{:?}", fast.upstream),
+            r#"["extract", "clean", "café"]"#
+        );
+        assert_eq!(format!("{fast:?}"), format!("{slow:?}"));
+    }
+
+    #[test]
+    fn escaped_upstream_names_come_back_unescaped() {
+        let e = ok(
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"upstream":["a\"b","\u00e9t\u00e9","back\\slash","plain"]}"#,
+        );
+        assert_eq!(names(&e.upstream), ["a\"b", "été", "back\\slash", "plain"]);
+        assert_eq!(e.upstream.len(), 4);
+        // The unescaped names are owned; the plain one still borrows.
+        let UpstreamNames::List(list) = &e.upstream.0 else {
+            panic!("escapes are the serde path's: {:?}", e.upstream);
+        };
+        assert!(matches!(list[0], Cow::Owned(_)));
+        assert!(matches!(list[3], Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn absent_null_and_empty_upstream_are_empty() {
+        let base = r#""pipeline":"p","stage":"s","timestamp":1793491200000"#;
+        for tail in [
+            "",
+            r#","upstream":null"#,
+            r#","upstream":[]"#,
+            ",\"upstream\":[ \n ]",
+        ] {
+            let json = format!("{{{base}{tail}}}");
+            for e in [
+                ok(&json),
+                decode_with_serde(json.as_bytes(), &limits()).unwrap(),
+            ] {
+                assert!(e.upstream.is_empty(), "{json}");
+                assert_eq!(e.upstream.len(), 0);
+                assert_eq!(e.upstream.names().next(), None);
+                assert_eq!(e.upstream, Upstream::default());
+            }
+        }
+    }
+
+    #[test]
+    fn upstreams_are_equal_by_their_names_alone() {
+        let text = Upstream::from_text(r#""a", "b""#);
+        let list = |names: &[&'static str]| {
+            Upstream(UpstreamNames::List(
+                names.iter().map(|&n| Cow::Borrowed(n)).collect(),
+            ))
+        };
+        assert_eq!(text, list(&["a", "b"]));
+        assert_ne!(text, list(&["b", "a"]));
+        assert_ne!(text, list(&["a"]));
+        assert_ne!(text, list(&["a", "b", "c"]));
+        assert_ne!(text, Upstream::default());
+        assert_eq!(list(&[]), Upstream::default());
     }
 }

@@ -14,9 +14,9 @@
 use std::borrow::Cow;
 
 use super::{
-    Event, Status, MAX_ATTRIBUTES, MAX_ATTRIBUTE_LEN, MAX_CORRELATION_ID_LEN, MAX_DURATION_MS,
-    MAX_EVENT_ID_LEN, MAX_FIGURE, MAX_NAME_LEN, MAX_QUALITY_FIGURES, MAX_TIMESTAMP_MS,
-    MAX_UPSTREAM, MIN_TIMESTAMP_MS,
+    Event, Status, Upstream, MAX_ATTRIBUTES, MAX_ATTRIBUTE_LEN, MAX_CORRELATION_ID_LEN,
+    MAX_DURATION_MS, MAX_EVENT_ID_LEN, MAX_FIGURE, MAX_NAME_LEN, MAX_QUALITY_FIGURES,
+    MAX_TIMESTAMP_MS, MAX_UPSTREAM, MIN_TIMESTAMP_MS,
 };
 
 /// Decodes `text` if it has the plain shape and is valid; `None` otherwise.
@@ -48,11 +48,12 @@ pub(crate) fn empty_event<'a>() -> Event<'a> {
         duration_ms: None,
         errors: None,
         quality: Vec::new(),
+        upstream: Upstream::default(),
     }
 }
 
 /// [`from_bytes`] into `event`, an [`empty_event`]: written where it stands rather than
-/// returned, an event (232 bytes) is not copied on its way out of the scanner and the
+/// returned, an event (256 bytes) is not copied on its way out of the scanner and the
 /// decoder. When it declines, `event` is left partly written.
 pub(crate) fn read<'a>(bytes: &'a [u8], event: &mut Event<'a>) -> Option<()> {
     let mut s = Scanner { bytes, pos: 0 };
@@ -288,7 +289,7 @@ impl<'a> Scanner<'a> {
             ERRORS => event.errors = Some(self.count()?),
             DURATION_MS => event.duration_ms = Some(self.duration()?),
             QUALITY => event.quality = self.quality()?,
-            UPSTREAM => self.upstream()?,
+            UPSTREAM => event.upstream = self.upstream()?,
             _ => self.attributes()?,
         }
         Some(())
@@ -555,17 +556,25 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Checked as the serde path checks it, and not kept; its opening bracket next.
+    /// Checked as the serde path checks it, and kept as the text of its names; its
+    /// opening bracket next.
     #[inline(always)]
-    fn upstream(&mut self) -> Option<()> {
+    fn upstream(&mut self) -> Option<Upstream<'a>> {
         self.pos += 1;
         if self.eat(b']') {
-            return Some(());
+            return Some(Upstream::default());
         }
+        let start = self.pos;
         for _ in 0..MAX_UPSTREAM {
             self.spaced_name(MAX_NAME_LEN)?;
+            let end = self.pos;
             if self.delimiter(b']')? {
-                return Some(());
+                let text = &self.bytes[start..end];
+                // SAFETY: the names were found to be UTF-8 by `quoted`, and what is
+                // between them to be whitespace, commas and quotes: ASCII.
+                return Some(Upstream::from_text(unsafe {
+                    std::str::from_utf8_unchecked(text)
+                }));
             }
         }
         None
