@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::pipewatch;
+use common::{pipewatch, segment};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -86,50 +86,15 @@ fn event(pipeline: &str, stage: &str, at_ms: i64, records: u64) -> String {
     .to_string()
 }
 
-/// Two simulated days (`pipewatch simulate` with `args` too), with epoch-ms timestamps:
-/// the events file, and the label of the injected fault of `kind`.
-fn simulate(dir: &Path, args: &[&str], kind: &str) -> (PathBuf, Value) {
-    let events = dir.join("events.ndjson");
-    let labels = dir.join("labels.ndjson");
-    let out = pipewatch()
-        .args([
-            "simulate",
-            "--duration",
-            "2d",
-            "--timestamp-format",
-            "epoch-ms",
-        ])
-        .args(args)
-        .arg("--output")
-        .arg(&events)
-        .arg("--labels")
-        .arg(&labels)
-        .output()
-        .expect("pipewatch simulate runs");
-    assert!(
-        out.status.success(),
-        "simulate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let label = std::fs::read_to_string(&labels)
-        .expect("labels")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("a label"))
-        .find(|l| l["kind"] == kind)
-        .unwrap_or_else(|| panic!("simulate {args:?} injects a {kind}"));
-    (events, label)
-}
-
 fn build_input(dir: &Path) -> Input {
-    let (events, drop) = simulate(dir, &[], "drop");
+    let sim = common::simulate(dir, &["--duration", "2d", "--timestamp-format", "epoch-ms"]);
+    let drop = sim.fault("drop");
     let fault = Fault {
         pipeline: drop["pipeline"].as_str().unwrap().to_string(),
         stage: drop["stage"].as_str().unwrap().to_string(),
-        start_ms: chrono::DateTime::parse_from_rfc3339(drop["start"].as_str().unwrap())
-            .expect("an RFC 3339 start")
-            .timestamp_millis(),
+        start_ms: ms(&drop["start"]),
     };
-    let simulated = std::fs::read_to_string(&events).expect("events");
+    let simulated = std::fs::read_to_string(&sim.events).expect("events");
     let first_ms = timestamp(simulated.lines().next().expect("events"));
 
     // The additions, stamped between the simulated events.
@@ -254,25 +219,18 @@ impl Replay {
         );
     }
 
-    /// Calls `attempt` every 100 ms until it succeeds; panics at the deadline with the
-    /// last error and the replay's log.
+    /// [`common::poll`], with the replay's log when it times out.
     fn poll<T>(
         &self,
         what: &str,
         timeout: Duration,
-        mut attempt: impl FnMut() -> Result<T, String>,
+        attempt: impl FnMut() -> Result<T, String>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match attempt() {
-                Ok(value) => return value,
-                Err(last) if Instant::now() >= deadline => panic!(
-                    "timed out after {timeout:?} waiting for {what}: {last}\nreplay log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let log = || {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            format!("replay log:\n{text}")
+        };
+        common::poll(what, timeout, log, attempt)
     }
 
     /// SIGTERM, and the exit status.
@@ -304,18 +262,6 @@ fn ms(rfc3339: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
         .expect("an RFC 3339 time")
         .timestamp_millis()
-}
-
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The table rows of the page, as the test reads them.
@@ -621,7 +567,18 @@ const RUN_VIEW: &str = "
 fn a_data_loss_alert_opens_its_run_as_a_timeline() {
     common::webdriver::require_tools();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (events, loss) = simulate(dir.path(), &["--faults", "flow"], "records_lost");
+    let simulated = common::simulate(
+        dir.path(),
+        &[
+            "--duration",
+            "2d",
+            "--faults",
+            "flow",
+            "--timestamp-format",
+            "epoch-ms",
+        ],
+    );
+    let loss = simulated.fault("records_lost");
     let loss_start = ms(&loss["start"]);
     let hostile_at = loss_start - 10 * MINUTE_MS;
     let hostile_run = [(HOSTILE_STAGE, 0), ("sink", 2_000)].map(|(stage, after)| {
@@ -637,7 +594,10 @@ fn a_data_loss_alert_opens_its_run_as_a_timeline() {
     });
     let mut input = String::new();
     let mut hostile = hostile_run.iter().peekable();
-    for line in std::fs::read_to_string(&events).expect("events").lines() {
+    for line in std::fs::read_to_string(&simulated.events)
+        .expect("events")
+        .lines()
+    {
         let at = timestamp(line);
         if at >= loss_start + 30 * MINUTE_MS {
             break;
