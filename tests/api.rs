@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use common::{series, Reply};
+use common::{segment, series, Reply};
 
 use pipewatch::config::Settings;
 use pipewatch::live::{Driver, Live};
@@ -167,19 +167,6 @@ impl Served {
     fn get(&self, path: &str) -> Reply {
         self.request("GET", path, &[], "")
     }
-}
-
-/// Percent-encodes a path segment.
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn stage_path(pipeline: &str, stage: &str) -> String {

@@ -10,10 +10,13 @@
 //! stage is `ok`; then phase 2 (the drop) is written and, without a reload, the stage turns
 //! `anomalous`; its charts show the band and the anomalous buckets, and a screenshot is
 //! saved to `target/browser/dashboard.png` (CI prints the path).
+//!
+//! A second test draws a run's trace from a `data_loss` alert (see
+//! [`a_data_loss_alert_opens_its_run_as_a_timeline`]).
 
 mod common;
 
-use common::pipewatch;
+use common::{pipewatch, segment};
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -84,41 +87,14 @@ fn event(pipeline: &str, stage: &str, at_ms: i64, records: u64) -> String {
 }
 
 fn build_input(dir: &Path) -> Input {
-    let events = dir.join("events.ndjson");
-    let labels = dir.join("labels.ndjson");
-    let out = pipewatch()
-        .args([
-            "simulate",
-            "--duration",
-            "2d",
-            "--timestamp-format",
-            "epoch-ms",
-        ])
-        .arg("--output")
-        .arg(&events)
-        .arg("--labels")
-        .arg(&labels)
-        .output()
-        .expect("pipewatch simulate runs");
-    assert!(
-        out.status.success(),
-        "simulate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let drop: Value = std::fs::read_to_string(&labels)
-        .expect("labels")
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("a label"))
-        .find(|l| l["kind"] == "drop")
-        .expect("the default plan injects a drop");
+    let sim = common::simulate(dir, &["--duration", "2d", "--timestamp-format", "epoch-ms"]);
+    let drop = sim.fault("drop");
     let fault = Fault {
         pipeline: drop["pipeline"].as_str().unwrap().to_string(),
         stage: drop["stage"].as_str().unwrap().to_string(),
-        start_ms: chrono::DateTime::parse_from_rfc3339(drop["start"].as_str().unwrap())
-            .expect("an RFC 3339 start")
-            .timestamp_millis(),
+        start_ms: ms(&drop["start"]),
     };
-    let simulated = std::fs::read_to_string(&events).expect("events");
+    let simulated = std::fs::read_to_string(&sim.events).expect("events");
     let first_ms = timestamp(simulated.lines().next().expect("events"));
 
     // The additions, stamped between the simulated events.
@@ -231,25 +207,30 @@ impl Replay {
         common::get(self.address, path).json()
     }
 
-    /// Calls `attempt` every 100 ms until it succeeds; panics at the deadline with the
-    /// last error and the replay's log.
+    /// Waits until the replay has read its input to the end and processed it (ready).
+    fn wait_until_done(&self) {
+        self.poll(
+            "the replay to finish",
+            Duration::from_secs(60),
+            || match common::get(self.address, "/readyz").status {
+                200 => Ok(()),
+                status => Err(format!("readyz {status}")),
+            },
+        );
+    }
+
+    /// [`common::poll`], with the replay's log when it times out.
     fn poll<T>(
         &self,
         what: &str,
         timeout: Duration,
-        mut attempt: impl FnMut() -> Result<T, String>,
+        attempt: impl FnMut() -> Result<T, String>,
     ) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match attempt() {
-                Ok(value) => return value,
-                Err(last) if Instant::now() >= deadline => panic!(
-                    "timed out after {timeout:?} waiting for {what}: {last}\nreplay log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let log = || {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            format!("replay log:\n{text}")
+        };
+        common::poll(what, timeout, log, attempt)
     }
 
     /// SIGTERM, and the exit status.
@@ -281,18 +262,6 @@ fn ms(rfc3339: &Value) -> i64 {
     chrono::DateTime::parse_from_rfc3339(rfc3339.as_str().expect("a time"))
         .expect("an RFC 3339 time")
         .timestamp_millis()
-}
-
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The table rows of the page, as the test reads them.
@@ -451,14 +420,7 @@ fn the_dashboard_shows_a_fault_live_and_escapes_hostile_names() {
     );
     assert_eq!(turned[3], "anomalous", "{turned}");
     // The rest of phase 2 in, so the page settles before it is clicked and captured.
-    replay.poll(
-        "the replay to finish",
-        Duration::from_secs(30),
-        || match common::get(replay.address, "/readyz").status {
-            200 => Ok(()),
-            status => Err(format!("readyz {status}")),
-        },
-    );
+    replay.wait_until_done();
 
     // Its charts: the band shaded, the anomalous buckets marked.
     browser.click("#stages tbody tr[data-stage] a.stage-link");
@@ -550,4 +512,257 @@ fn the_dashboard_shows_a_fault_live_and_escapes_hostile_names() {
 /// `rows()` in the page: [`ROWS`] as a function, for scripts that wait on it.
 fn rows_fn() -> String {
     format!("const rows = () => {{ {ROWS} }};")
+}
+
+const HOSTILE_RUN: &str = "<svg onload=alert(3)>";
+const HOSTILE_FLOW_PIPELINE: &str = "evil-flow";
+
+/// Groups digits by thousands, as the page shows counts: 26,909.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the run view shows, as the test reads it.
+const RUN_VIEW: &str = "
+    const run = document.getElementById('run');
+    const trace = run.hidden ? null : run.querySelector('.run-trace');
+    if (!trace || !trace.querySelector('svg.timeline')) return null;
+    const svg = trace.querySelector('svg.timeline');
+    const drawn = [...svg.querySelectorAll('g.run-stage:not(.missing)')];
+    return {
+        search: location.search,
+        id: document.getElementById('run-id').textContent,
+        from: document.getElementById('run-from').textContent,
+        pipeline: trace.dataset.pipeline,
+        stages: drawn.map((g) => g.dataset.stage),
+        bars: drawn.map((g) => g.querySelectorAll('rect.bar').length),
+        names: drawn.map((g) => g.querySelector('.stage-name title').textContent),
+        lossRows: drawn.filter((g) => g.classList.contains('row-loss'))
+            .map((g) => [g.dataset.stage, Number(g.dataset.lost)]),
+        hops: [...svg.querySelectorAll('path.hop')].map((p) => [p.dataset.from, p.dataset.to]),
+        findings: [...trace.querySelectorAll('.run-findings li')].map((li) => [li.dataset.kind, li.textContent]),
+        table: [...trace.querySelectorAll('table.run-stages tbody tr')].map((tr) =>
+            [tr.dataset.stage, tr.className, [...tr.cells].map((td) => td.textContent)]),
+        img: document.getElementsByTagName('img').length,
+        handlers: document.querySelectorAll('[onload], [onerror]').length,
+    };";
+
+/// A run's trace. Two simulated days with the flow fault plan, cut half an hour after the
+/// injected records loss starts (so its runs are still followed: they are forgotten
+/// `flow.run_ttl` after their last event), and one more run whose stage and correlation id
+/// are markup. From the `data_loss` alert's run link, the page draws the run: a bar per
+/// stage in the run's order, the hand-overs from the upstream stages, and the stage that
+/// lost records marked with the count, exactly as the API and the alert give them; a
+/// screenshot goes to `target/browser/run-trace.png`. Then "find run" shows a run that is
+/// not there as such, and the hostile run as text.
+#[test]
+fn a_data_loss_alert_opens_its_run_as_a_timeline() {
+    common::webdriver::require_tools();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let simulated = common::simulate(
+        dir.path(),
+        &[
+            "--duration",
+            "2d",
+            "--faults",
+            "flow",
+            "--timestamp-format",
+            "epoch-ms",
+        ],
+    );
+    let loss = simulated.fault("records_lost");
+    let loss_start = ms(&loss["start"]);
+    let hostile_at = loss_start - 10 * MINUTE_MS;
+    let hostile_run = [(HOSTILE_STAGE, 0), ("sink", 2_000)].map(|(stage, after)| {
+        json!({
+            "pipeline": HOSTILE_FLOW_PIPELINE,
+            "stage": stage,
+            "timestamp": hostile_at + after,
+            "correlation_id": HOSTILE_RUN,
+            "records_in": 10,
+            "records_out": 10,
+        })
+        .to_string()
+    });
+    let mut input = String::new();
+    let mut hostile = hostile_run.iter().peekable();
+    for line in std::fs::read_to_string(&simulated.events)
+        .expect("events")
+        .lines()
+    {
+        let at = timestamp(line);
+        if at >= loss_start + 30 * MINUTE_MS {
+            break;
+        }
+        while let Some(e) = hostile.next_if(|_| at >= hostile_at) {
+            input.push_str(e);
+            input.push('\n');
+        }
+        input.push_str(line);
+        input.push('\n');
+    }
+
+    let mut replay = Replay::start(dir.path());
+    replay.write(&input);
+    replay.end_input();
+    replay.wait_until_done();
+    let alerts = replay.get("/api/v1/alerts");
+    let alert = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "data_loss" && a["pipeline"] == loss["pipeline"])
+        .unwrap_or_else(|| panic!("a data_loss alert fires: {alerts}"))
+        .clone();
+    let run_id = alert["correlation_ids"][0]
+        .as_str()
+        .expect("a data_loss alert names its run")
+        .to_string();
+    let lost: u64 = alert["annotations"]["records_lost"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .expect("the alert says how many records were lost");
+    let trace = replay.get(&format!("/api/v1/runs/{}", segment(&run_id)));
+    let run = &trace["runs"][0];
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    let lossy = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == alert["stage"])
+        .expect("the run passed the stage that lost records");
+
+    let browser = Browser::start(1400, 1000);
+    browser.goto(&format!("http://{}/", replay.address));
+    let link = format!(
+        "#alerts li[data-fingerprint=\"{}\"] a.run-link",
+        alert["fingerprint"].as_str().unwrap()
+    );
+    browser.wait_for(
+        "the data_loss alert with its run link",
+        PAGE_UPDATE,
+        "return document.querySelector(arguments[0]) !== null;",
+        json!([link]),
+    );
+    browser.click(&link);
+    let shown = browser.wait_for("the run's timeline", PAGE_UPDATE, RUN_VIEW, json!([]));
+    assert_eq!(shown["search"], format!("?run={}", segment(&run_id)));
+    assert_eq!(shown["id"], run_id.as_str());
+    assert!(
+        shown["from"].as_str().unwrap().contains("data_loss"),
+        "{shown}"
+    );
+    assert_eq!(shown["pipeline"], loss["pipeline"]);
+    assert_eq!(
+        shown["stages"],
+        json!(stages),
+        "one row per stage, in order"
+    );
+    assert_eq!(shown["bars"], json!(vec![1; stages.len()]), "{shown}");
+    assert_eq!(
+        shown["lossRows"],
+        json!([[alert["stage"], lost]]),
+        "the stage that lost records, and only it, is marked with the count"
+    );
+    for hop in lossy["hops"].as_array().unwrap() {
+        let drawn = json!([hop["from"], alert["stage"]]);
+        assert!(
+            shown["hops"].as_array().unwrap().contains(&drawn),
+            "hand-over {drawn} drawn: {shown}"
+        );
+    }
+    let findings = shown["findings"].as_array().unwrap();
+    assert_eq!(findings[0][0], "loss", "{shown}");
+    assert!(
+        findings[0][1]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} lost", thousands(lost))),
+        "{shown}"
+    );
+    let row = shown["table"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == alert["stage"])
+        .expect("the stage's row in the table");
+    assert!(row[1].as_str().unwrap().contains("row-loss"), "{row}");
+    assert_eq!(
+        row[2][4],
+        thousands(lossy["records_in"].as_u64().unwrap()),
+        "records exactly: {row}"
+    );
+    assert_eq!(row[2][8], thousands(lost), "{row}");
+    let shot = browser.screenshot(&target_dir().join("browser").join("run-trace.png"));
+    eprintln!("screenshot: {}", shot.display());
+
+    // A run this instance does not have: said so, not an empty chart.
+    browser.type_into("#find-run-id", "no-such-run");
+    browser.click("#find-run button");
+    let missing = browser.wait_for(
+        "the run not found",
+        PAGE_UPDATE,
+        "const title = document.querySelector('#run .run-missing-title');
+         return title ? { search: location.search, title: title.textContent } : null;",
+        json!([]),
+    );
+    assert_eq!(missing["search"], "?run=no-such-run");
+    assert!(
+        missing["title"].as_str().unwrap().contains("no-such-run"),
+        "{missing}"
+    );
+
+    // A run whose correlation id and stage are markup: text, wherever they show.
+    browser.type_into("#find-run-id", HOSTILE_RUN);
+    browser.click("#find-run button");
+    let hostile = browser.wait_for(
+        "the hostile run's timeline",
+        PAGE_UPDATE,
+        &format!("const view = (() => {{ {RUN_VIEW} }})(); return view && view.pipeline === arguments[0] ? view : null;"),
+        json!([HOSTILE_FLOW_PIPELINE]),
+    );
+    assert_eq!(hostile["id"], HOSTILE_RUN);
+    assert_eq!(
+        hostile["names"],
+        json!([HOSTILE_STAGE, "sink"]),
+        "{hostile}"
+    );
+    assert_eq!(
+        (hostile["img"].clone(), hostile["handlers"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(browser.dialog_text(), None, "a dialog opened");
+
+    browser.click("#run-close");
+    let closed = browser.wait_for(
+        "the run to close",
+        PAGE_UPDATE,
+        "return document.getElementById('run').hidden ? { search: location.search } : null;",
+        json!([]),
+    );
+    assert_eq!(closed["search"], "");
+
+    // Nothing failed but the lookup of the run that is not there.
+    let console = browser.console();
+    let severe: Vec<&(String, String)> = console
+        .iter()
+        .filter(|(level, message)| {
+            level == "SEVERE" && !message.contains("/api/v1/runs/no-such-run")
+        })
+        .collect();
+    assert!(severe.is_empty(), "browser console errors: {severe:?}");
+    drop(browser);
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::pipewatch;
+use common::{pipewatch, poll};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -117,29 +117,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Calls `attempt` every 200 ms until it gives a value; fails with its last error and
-/// `context()` at the deadline.
-fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut context: impl FnMut() -> String,
-    mut attempt: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match attempt() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}: {last}\n{}",
-                    context()
-                )
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
     }
 }
 
@@ -516,25 +493,8 @@ fn grafana_provisioning_and_dashboard_are_consistent() {
 /// three invalid lines (pipewatch_invalid_events_total) and one stage that falls silent
 /// for the last ~50 minutes (pipewatch_alert_firing, a silent stage's health).
 fn replay_input(dir: &Path) -> PathBuf {
-    let simulated = dir.join("simulated.ndjson");
-    let out = pipewatch()
-        .args([
-            "simulate",
-            "--duration",
-            "2d",
-            "--faults",
-            "default",
-            "--output",
-        ])
-        .arg(&simulated)
-        .output()
-        .expect("pipewatch simulate runs");
-    assert!(
-        out.status.success(),
-        "simulate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&simulated).expect("simulated events");
+    let simulated = common::simulate(dir, &["--duration", "2d", "--faults", "default"]);
+    let text = std::fs::read_to_string(&simulated.events).expect("simulated events");
     let lines: Vec<&str> = text.lines().collect();
     let tail_from = lines.len().saturating_sub(3000);
     let silent = "\"pipeline\":\"clickstream\",\"stage\":\"sink\"";

@@ -8,7 +8,10 @@ pub mod webdriver;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The pipewatch binary under test, without the developer's `PIPEWATCH__*` settings.
 pub fn pipewatch() -> std::process::Command {
@@ -20,6 +23,86 @@ pub fn pipewatch() -> std::process::Command {
     }
     cmd.env("RUST_LOG", "warn");
     cmd
+}
+
+/// What `pipewatch simulate` wrote: its events, one JSON object a line, and the labels of
+/// the faults it injected.
+pub struct Simulated {
+    pub events: PathBuf,
+    pub labels: Vec<Value>,
+}
+
+impl Simulated {
+    /// The label of the first injected fault of `kind` (`drop`, `records_lost`, …).
+    pub fn fault(&self, kind: &str) -> &Value {
+        self.labels
+            .iter()
+            .find(|l| l["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} injected: {:?}", self.labels))
+    }
+}
+
+/// Runs `pipewatch simulate` with `args`, writing its events and fault labels into `dir`
+/// (`events.ndjson`, `labels.ndjson`); panics with its standard error if it fails.
+pub fn simulate(dir: &Path, args: &[&str]) -> Simulated {
+    let events = dir.join("events.ndjson");
+    let labels = dir.join("labels.ndjson");
+    let out = pipewatch()
+        .arg("simulate")
+        .args(args)
+        .arg("--output")
+        .arg(&events)
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .expect("pipewatch simulate runs");
+    assert!(
+        out.status.success(),
+        "simulate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels = std::fs::read_to_string(&labels)
+        .expect("labels written")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a label is JSON"))
+        .collect();
+    Simulated { events, labels }
+}
+
+/// Percent-encodes a URL path segment.
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Calls `attempt` every 100 ms until it gives a value; at `timeout`, panics with its last
+/// error and `context()` (a log, say).
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut context: impl FnMut() -> String,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}: {last}\n{}",
+                    context()
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
 }
 
 /// A loopback port free at the time of asking.

@@ -138,10 +138,35 @@ impl Browser {
         }
     }
 
+    /// A command of this session (`path` after `/session/{id}`), or the error it answered.
+    fn try_session_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, WebDriverError> {
+        self.call(method, &format!("/session/{}{path}", self.session), body)
+    }
+
+    /// [`Self::try_session_call`] where an error can only be a failed test.
     fn session_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let path = format!("/session/{}{path}", self.session);
-        self.call(method, &path, body)
+        self.try_session_call(method, path, body)
             .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e:?}"))
+    }
+
+    /// The first element `css` selects, as WebDriver refers to it.
+    fn find(&self, css: &str) -> String {
+        let element = self.session_call(
+            "POST",
+            "/element",
+            Some(json!({ "using": "css selector", "value": css })),
+        );
+        element
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .expect("an element reference")
+            .to_string()
     }
 
     pub fn goto(&self, url: &str) {
@@ -179,19 +204,8 @@ impl Browser {
     /// finding and clicking it: then it is found again.
     pub fn click(&self, css: &str) {
         for _ in 0..5 {
-            let element = self.session_call(
-                "POST",
-                "/element",
-                Some(json!({ "using": "css selector", "value": css })),
-            );
-            let id = element
-                .as_object()
-                .and_then(|o| o.values().next())
-                .and_then(Value::as_str)
-                .expect("an element reference")
-                .to_string();
-            let path = format!("/session/{}/element/{id}/click", self.session);
-            match self.call("POST", &path, Some(json!({}))) {
+            let path = format!("/element/{}/click", self.find(css));
+            match self.try_session_call("POST", &path, Some(json!({}))) {
                 Ok(_) => return,
                 Err(e) if e.error == "stale element reference" => {
                     std::thread::sleep(Duration::from_millis(100))
@@ -204,17 +218,7 @@ impl Browser {
 
     /// Types `text` into the first element `css` selects, after clearing it.
     pub fn type_into(&self, css: &str, text: &str) {
-        let element = self.session_call(
-            "POST",
-            "/element",
-            Some(json!({ "using": "css selector", "value": css })),
-        );
-        let id = element
-            .as_object()
-            .and_then(|o| o.values().next())
-            .and_then(Value::as_str)
-            .expect("an element reference")
-            .to_string();
+        let id = self.find(css);
         self.session_call("POST", &format!("/element/{id}/clear"), Some(json!({})));
         self.session_call(
             "POST",
@@ -225,11 +229,10 @@ impl Browser {
 
     /// The text of an open alert, confirm or prompt dialog, if one is open.
     pub fn dialog_text(&self) -> Option<String> {
-        let path = format!("/session/{}/alert/text", self.session);
-        match self.call("GET", &path, None) {
+        match self.try_session_call("GET", "/alert/text", None) {
             Ok(text) => Some(text.as_str().unwrap_or("").to_string()),
             Err(e) if e.error == "no such alert" => None,
-            Err(e) => panic!("WebDriver GET {path}: {e:?}"),
+            Err(e) => panic!("WebDriver GET /alert/text: {e:?}"),
         }
     }
 
@@ -268,8 +271,7 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         if !self.session.is_empty() {
-            let path = format!("/session/{}", self.session);
-            let _ = self.call("DELETE", &path, None);
+            let _ = self.try_session_call("DELETE", "", None);
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();

@@ -41,6 +41,8 @@ const state = {
   limit: PAGE,
   alerts: 'active', // or 'recent'
   open: null, // {pipeline, stage}: the stage whose charts are shown
+  run: null, // the correlation id whose run is shown
+  runAlert: null, // {kind, pipeline, stage}: the alert the run was opened from
 };
 
 const $ = (id) => document.getElementById(id);
@@ -73,6 +75,8 @@ function healthBadge(health) {
 const numberFormat = new Intl.NumberFormat('en', { maximumSignificantDigits: 4 });
 const compactFormat = new Intl.NumberFormat('en', { notation: 'compact', maximumSignificantDigits: 3 });
 const scoreFormat = new Intl.NumberFormat('en', { maximumFractionDigits: 2 });
+const percentFormat = new Intl.NumberFormat('en', { maximumFractionDigits: 1 });
+const countFormat = new Intl.NumberFormat('en', { maximumFractionDigits: 0 });
 
 function fmt(x) {
   return typeof x === 'number' && Number.isFinite(x) ? numberFormat.format(x) : '–';
@@ -86,6 +90,11 @@ function fmtCompact(x) {
 /** "1 alert", "3 alerts". */
 function count(n, noun) {
   return numberFormat.format(n) + ' ' + noun + (n === 1 ? '' : 's');
+}
+
+/** Records, exactly: a run's counts are compared to the record. */
+function fmtCount(x) {
+  return typeof x === 'number' && Number.isFinite(x) ? countFormat.format(x) : '–';
 }
 
 function fmtScore(x) {
@@ -164,7 +173,7 @@ function stagesUrl() {
 let refreshing = false;
 let refreshAgain = false;
 let lastRefreshStart = 0;
-const lastText = { overview: null, stages: null, alerts: null, detail: null };
+const lastText = { overview: null, stages: null, alerts: null, detail: null, run: null };
 const lastUpdate = { at: null, overview: null, alerts: null };
 
 /** Refetches what the page shows. Calls during a refresh coalesce into one more after it. */
@@ -176,7 +185,7 @@ function refresh() {
   refreshing = true;
   refreshAgain = false;
   lastRefreshStart = performance.now();
-  Promise.allSettled([loadOverview(), loadStages(), loadAlerts(), loadDetail()]).then((results) => {
+  Promise.allSettled([loadOverview(), loadStages(), loadAlerts(), loadDetail(), loadRun()]).then((results) => {
     const failed = results.find((r) => r.status === 'rejected');
     showNotice(failed ? 'Cannot reach pipewatch (' + failed.reason.message + '); retrying.' : '');
     if (!failed) lastUpdate.at = new Date();
@@ -410,6 +419,8 @@ function alertItem(a) {
   meta.push('value ' + fmt(a.value) + ', expected ' + fmt(a.expected) + ', band ' + fmt(a.lower) + '–' + fmt(a.upper));
   if (a.annotations && a.annotations.silenced_by) meta.push('email silenced by ' + a.annotations.silenced_by);
   li.appendChild(el('div', 'meta', meta.join(' · ')));
+  const runs = alertRuns(a);
+  if (runs) li.appendChild(runs);
   return li;
 }
 
@@ -421,17 +432,16 @@ function renderAlerts(list, alerts, max) {
 
 // ---------------------------------------------------------------- one stage
 
-/** Opens a stage's charts, and puts its link in the address bar. */
-function openStage(pipeline, stage, replace) {
+/** Opens a stage's charts, and puts its link in the address bar unless it came from there. */
+function openStage(pipeline, stage, fromAddress) {
   const wasOpen = state.open !== null;
   state.open = { pipeline, stage };
-  const href = stageHref(pipeline, stage);
-  if (location.pathname !== href) history[replace ? 'replaceState' : 'pushState'](null, '', href);
+  if (!fromAddress) syncAddress();
   lastText.detail = null;
   $('detail').hidden = false;
   $('side').classList.add('stage-open');
   // In a one-column layout the charts sit below the table: bring them into view.
-  if (!replace && !wasOpen) $('detail').scrollIntoView({ block: 'nearest' });
+  if (!fromAddress && !wasOpen) $('detail').scrollIntoView({ block: 'nearest' });
   $('detail-pipeline').textContent = pipeline;
   $('detail-stage').textContent = stage;
   for (const tr of $('stages').tBodies[0].rows) {
@@ -440,9 +450,9 @@ function openStage(pipeline, stage, replace) {
   refresh();
 }
 
-function closeStage() {
+function closeStage(fromAddress) {
   state.open = null;
-  if (location.pathname !== '/') history.pushState(null, '', '/');
+  if (!fromAddress) syncAddress();
   $('detail').hidden = true;
   $('side').classList.remove('stage-open');
   for (const tr of $('stages').tBodies[0].querySelectorAll('tr.selected')) tr.classList.remove('selected');
@@ -474,7 +484,6 @@ async function loadDetail() {
       + 'a long silence, or judged by another instance of the consumer group.';
     $('detail-alerts').replaceChildren();
     $('charts').replaceChildren();
-    $('trace-ids').textContent = '';
     return;
   }
   if (state.open !== open || answer.text === lastText.detail) return;
@@ -492,7 +501,6 @@ function renderDetail(d) {
   const frag = document.createDocumentFragment();
   for (const name of names) frag.appendChild(chart(name, d.metrics[name]));
   $('charts').replaceChildren(frag);
-  renderTrace(d);
 }
 
 function metricRank(name) {
@@ -500,18 +508,365 @@ function metricRank(name) {
   return i >= 0 ? i : METRIC_ORDER.length;
 }
 
-// TODO(#5): data-flow tracking adds GET /api/v1/runs/{correlation_id} (a run's path through
-// the pipeline) and GET /api/v1/pipelines/{pipeline}/graph. Draw the run's trace as a
-// timeline here once they exist. Until then this only lists the correlation ids the
-// stage's firing alerts carry (real data), and the page says the timeline is not there.
-function renderTrace(d) {
-  const ids = [];
-  for (const a of d.alerts) {
-    for (const id of a.correlation_ids || []) if (!ids.includes(id)) ids.push(id);
+// ---------------------------------------------------------------- one run
+
+/**
+ * Alert kinds about one run rather than a bucket of them: their correlation ids name the
+ * run the alert is about. Other alerts carry the ids seen in their bucket.
+ */
+const RUN_KINDS = ['data_loss', 'stuck_run', 'failed_run'];
+/** Correlation ids offered per alert; the alert schema bounds the list anyway. */
+const MAX_RUN_LINKS = 5;
+const STATUSES = ['success', 'failure', 'retry', 'skipped'];
+const TRACE = { width: 600, label: 122, right: 96, top: 22, row: 28, bar: 14 };
+
+/** A link that opens a run's trace in place (and still works as a link). */
+function runLink(id, alert) {
+  const a = el('a', 'run-link', id);
+  a.href = '/?run=' + encodeURIComponent(id);
+  a.dataset.correlationId = id;
+  a.title = 'Show this run as a timeline';
+  a.addEventListener('click', (event) => {
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    event.preventDefault();
+    openRun(id, alert);
+  });
+  return a;
+}
+
+/** The runs an alert names, as links; null when it carries no correlation id. */
+function alertRuns(a) {
+  const ids = (Array.isArray(a.correlation_ids) ? a.correlation_ids : [])
+    .filter((id) => typeof id === 'string' && id !== '');
+  if (!ids.length) return null;
+  const div = el('div', 'runs');
+  div.appendChild(el('span', 'meta', RUN_KINDS.includes(a.kind) ? 'run' : 'runs in the bucket'));
+  for (const id of ids.slice(0, MAX_RUN_LINKS)) div.appendChild(runLink(id, a));
+  if (ids.length > MAX_RUN_LINKS) div.appendChild(el('span', 'meta', '+' + (ids.length - MAX_RUN_LINKS) + ' more'));
+  return div;
+}
+
+/** The address of what the page shows: the open stage's path, the open run as ?run=. */
+function pageHref() {
+  const path = state.open ? stageHref(state.open.pipeline, state.open.stage) : '/';
+  return state.run === null ? path : path + '?run=' + encodeURIComponent(state.run);
+}
+
+/** Puts what the page shows in the address bar, as a new history entry. */
+function syncAddress() {
+  const href = pageHref();
+  if (location.pathname + location.search !== href) history.pushState(null, '', href);
+}
+
+/** The run a ?run= in the address names, if any. */
+function runFromLocation() {
+  const id = new URLSearchParams(location.search).get('run');
+  return id ? id : null;
+}
+
+/** Opens a run's trace; `alert`, if given, is the alert it was opened from. */
+function openRun(id, alert, fromAddress) {
+  const wasOpen = state.run !== null;
+  state.run = id;
+  state.runAlert = alert ? { kind: alert.kind, pipeline: alert.pipeline, stage: alert.stage } : null;
+  lastText.run = null;
+  $('run').hidden = false;
+  $('run-id').textContent = id;
+  const from = $('run-from');
+  from.textContent = alert ? 'Opened from the ' + alert.kind + ' alert on ' + alert.pipeline + ' / ' + alert.stage : '';
+  from.hidden = !alert;
+  $('run-body').replaceChildren(el('p', 'meta', 'Loading…'));
+  if (!fromAddress) syncAddress();
+  if (!fromAddress && !wasOpen) $('run').scrollIntoView({ block: 'nearest' });
+  refresh();
+}
+
+function closeRun(fromAddress) {
+  state.run = null;
+  state.runAlert = null;
+  lastText.run = null;
+  $('run').hidden = true;
+  $('run-body').replaceChildren();
+  if (!fromAddress) syncAddress();
+}
+
+async function loadRun() {
+  const id = state.run;
+  if (id === null) return;
+  let answer;
+  try {
+    answer = await getJson('/api/v1/runs/' + encodeURIComponent(id));
+  } catch (err) {
+    if (!(err instanceof HttpError) || err.status !== 404) throw err;
+    if (state.run !== id || lastText.run === 'missing') return;
+    lastText.run = 'missing';
+    renderRunMissing(id, err.message);
+    return;
   }
-  $('trace-ids').textContent = ids.length
-    ? 'Correlation ids in this stage\'s firing alerts: ' + ids.slice(0, 10).join(', ')
-    : '';
+  if (state.run !== id || answer.text === lastText.run) return;
+  const runs = Array.isArray(answer.body.runs) ? answer.body.runs : [];
+  // Each pipeline's lineage tells which stages the run has not reached; without it (the
+  // graph may be unknown on this instance) the trace shows what did report.
+  const graphs = await Promise.all(runs.map((r) => getJson('/api/v1/pipelines/'
+    + encodeURIComponent(r.pipeline) + '/graph').then((g) => g.body, () => null)));
+  if (state.run !== id) return;
+  lastText.run = answer.text;
+  const frag = document.createDocumentFragment();
+  runs.forEach((run, i) => frag.appendChild(runTrace(run, graphs[i])));
+  $('run-body').replaceChildren(frag);
+}
+
+function renderRunMissing(id, message) {
+  const box = el('div', 'run-missing');
+  box.appendChild(el('p', 'run-missing-title', 'No run with correlation id ' + id + ' on this instance.'));
+  box.appendChild(el('p', 'meta', 'pipewatch forgets a run flow.run_ttl (event time) after its last '
+    + 'event, or sooner when it follows more than flow.max_runs runs; an instance of a consumer '
+    + 'group sees only the runs of its partitions. The server says: ' + message));
+  $('run-body').replaceChildren(box);
+}
+
+/** "850 ms", "2.4 s", "3 min 5 s", "2 h 10 min". */
+function fmtMs(ms) {
+  if (!finite(ms)) return '–';
+  const sign = ms < 0 ? '−' : '';
+  const a = Math.abs(ms);
+  if (a < 1000) return sign + Math.round(a) + ' ms';
+  if (a < 60000) return sign + (a < 10000 ? (a / 1000).toFixed(1) : Math.round(a / 1000)) + ' s';
+  const s = Math.round(a / 1000);
+  if (s < 3600) return sign + Math.floor(s / 60) + ' min' + (s % 60 ? ' ' + (s % 60) + ' s' : '');
+  const m = Math.round(s / 60);
+  return sign + Math.floor(m / 60) + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
+}
+
+/** A tick step for `span` ms that gives about `ticks` ticks: 1, 2 or 5 times a power of ten. */
+function tickStep(span, ticks) {
+  const raw = Math.max(span, 1) / ticks;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * power).find((step) => step >= raw);
+}
+
+/**
+ * What a run's figures say: per stage, the records its upstream stages wrote into it
+ * (`fed`) and how many fewer it read (`lost`, negative when it read more); and the stages
+ * the lineage puts downstream of the run that have not reported it (`missing`), with the
+ * stages it stopped after (`stopped`).
+ */
+function analyseRun(run, graph) {
+  const stages = (Array.isArray(run.stages) ? run.stages : []).map((s) => {
+    const hops = Array.isArray(s.hops) ? s.hops : [];
+    const fed = hops.length && hops.every((h) => finite(h.records_out))
+      ? hops.reduce((sum, h) => sum + h.records_out, 0) : null;
+    const lost = fed !== null && finite(s.records_in) ? fed - s.records_in : null;
+    return { ...s, hops, t0: Date.parse(s.start), t1: Date.parse(s.end), fed, lost };
+  });
+  const seen = new Set(stages.map((s) => s.stage));
+  let missing = [];
+  let stopped = [];
+  if (graph && Array.isArray(graph.edges) && Array.isArray(graph.stages)) {
+    const reached = new Set(seen);
+    const queue = [...seen];
+    while (queue.length) {
+      const from = queue.shift();
+      for (const e of graph.edges) {
+        if (e.from === from && !reached.has(e.to)) {
+          reached.add(e.to);
+          queue.push(e.to);
+        }
+      }
+    }
+    missing = graph.stages.filter((name) => reached.has(name) && !seen.has(name));
+    stopped = stages.filter((s) => graph.edges.some((e) => e.from === s.stage && missing.includes(e.to)))
+      .map((s) => s.stage);
+  }
+  return { pipeline: run.pipeline, stages, missing, stopped };
+}
+
+/** The findings a data engineer reads first, as sentences. */
+function runFindings(analysis) {
+  const out = [];
+  for (const s of analysis.stages) {
+    const from = s.hops.map((h) => h.from).join(', ');
+    if (s.lost > 0) {
+      out.push(['loss', 'Records lost at ' + s.stage + ': it read ' + fmtCount(s.records_in) + ' of the '
+        + fmtCount(s.fed) + ' that ' + from + ' wrote; ' + fmtCount(s.lost) + ' lost ('
+        + percentFormat.format((100 * s.lost) / s.fed) + '%).']);
+    } else if (s.lost < 0) {
+      out.push(['extra', s.stage + ' read ' + fmtCount(-s.lost) + ' more records than ' + from + ' wrote.']);
+    }
+    if (s.status === 'failure') out.push(['failure', s.stage + ' failed.']);
+  }
+  if (analysis.missing.length) {
+    out.push(['stopped', 'Stopped after ' + analysis.stopped.join(', ') + ': no event yet from '
+      + analysis.missing.join(', ') + '.']);
+  }
+  if (!out.length) out.push(['ok', 'No records lost between the stages that reported, and none failed.']);
+  return out;
+}
+
+/** One run: its findings, a timeline of its stages and their figures as a table. */
+function runTrace(run, graph) {
+  const analysis = analyseRun(run, graph);
+  const box = el('article', 'run-trace');
+  box.dataset.pipeline = run.pipeline;
+  const head = el('h3');
+  head.appendChild(el('span', 'run-pipeline', run.pipeline));
+  head.appendChild(el('span', 'meta', 'started ' + fullTime(run.start) + ' · '
+    + count(analysis.stages.length, 'stage') + ' reported · end to end ' + fmtMs(run.e2e_ms)));
+  box.appendChild(head);
+  const findings = el('ul', 'run-findings');
+  for (const [kind, text] of runFindings(analysis)) {
+    const li = el('li', 'finding finding-' + kind, text);
+    li.dataset.kind = kind;
+    findings.appendChild(li);
+  }
+  box.appendChild(findings);
+  box.appendChild(runTimeline(analysis));
+  box.appendChild(runTable(analysis));
+  return box;
+}
+
+/** How a stage's row is marked: records lost, failed, or where the run stopped. */
+function rowMark(s, analysis) {
+  if (s.lost > 0) return 'loss';
+  if (s.status === 'failure') return 'failed';
+  if (analysis.stopped.includes(s.stage)) return 'stopped';
+  return '';
+}
+
+/** The run as a timeline: a bar per stage on one time axis, hops drawn between them. */
+function runTimeline(analysis) {
+  const { width: W, label: L, right: R, top: T, row: RH, bar: BH } = TRACE;
+  const { stages, missing } = analysis;
+  const rows = stages.length + missing.length;
+  const H = T + rows * RH + 6;
+  const root = svg('svg', { viewBox: '0 0 ' + W + ' ' + H, class: 'timeline', role: 'img' });
+  root.setAttribute('aria-label', 'Timeline of the run: ' + count(stages.length, 'stage'));
+  const times = stages.flatMap((s) => [s.t0, s.t1]).filter(Number.isFinite);
+  const t0 = times.length ? Math.min(...times) : 0;
+  const span = times.length ? Math.max(Math.max(...times) - t0, 1) : 1;
+  const x = (t) => L + ((t - t0) / span) * (W - L - R);
+  const rowTop = (i) => T + i * RH;
+  const barTop = (i) => rowTop(i) + (RH - BH) / 2;
+
+  // The axis: time since the run's first stage started.
+  const step = tickStep(span, 5);
+  for (let t = 0; t <= span + 1e-9; t += step) {
+    svg('line', { class: 'grid', x1: x(t0 + t), y1: T - 4, x2: x(t0 + t), y2: H - 4 }, root);
+    svg('text', { class: 'tick', x: x(t0 + t), y: T - 8, 'text-anchor': 'middle' }, root)
+      .textContent = t === 0 ? '0' : '+' + fmtMs(t);
+  }
+
+  const index = new Map(stages.map((s, i) => [s.stage, i]));
+  stages.forEach((s, i) => {
+    const mark = rowMark(s, analysis);
+    const g = svg('g', { class: 'run-stage' + (mark ? ' row-' + mark : '') }, root);
+    g.dataset.stage = s.stage;
+    g.dataset.status = s.status;
+    if (s.lost !== null) g.dataset.lost = String(s.lost);
+    if (mark) svg('rect', { class: 'row-band', x: 0, y: rowTop(i), width: W, height: RH }, g);
+    const name = svg('text', { class: 'stage-name', x: L - 8, y: rowTop(i) + RH / 2 + 4, 'text-anchor': 'end' }, g);
+    name.textContent = s.stage.length > 18 ? s.stage.slice(0, 17) + '…' : s.stage;
+    svg('title', {}, name).textContent = s.stage;
+    if (!Number.isFinite(s.t0) || !Number.isFinite(s.t1)) return;
+    const status = STATUSES.includes(s.status) ? s.status : 'unknown';
+    const xa = x(s.t0);
+    const bar = svg('rect', {
+      class: 'bar status-' + status, x: xa.toFixed(1), y: barTop(i), rx: 2,
+      width: Math.max(2, x(s.t1) - xa).toFixed(1), height: BH,
+    }, g);
+    svg('title', {}, bar).textContent = s.stage + ': ' + s.status + ', ' + fullTime(s.start) + ' to '
+      + fullTime(s.end) + ' (' + fmtMs(s.duration_ms) + '); records in ' + fmtCount(s.records_in)
+      + ', out ' + fmtCount(s.records_out) + ', rejected ' + fmtCount(s.records_rejected);
+    const note = mark === 'loss' ? fmtCount(s.lost) + ' lost'
+      : mark === 'failed' ? 'failed'
+        : mark === 'stopped' ? 'stopped here'
+          : finite(s.records_out) ? fmtCompact(s.records_out) + ' out' : '';
+    svg('text', { class: 'note' + (mark ? ' note-' + mark : ''), x: (x(s.t1) + 5).toFixed(1), y: rowTop(i) + RH / 2 + 4 }, g)
+      .textContent = note;
+  });
+
+  // Hops: from the end of each upstream stage down to this stage's start, with the delay.
+  stages.forEach((s, i) => {
+    for (const h of s.hops) {
+      const j = index.get(h.from);
+      if (j === undefined || !Number.isFinite(stages[j].t1) || !Number.isFinite(s.t0)) continue;
+      const x1 = x(stages[j].t1);
+      const x2 = x(s.t0);
+      const y1 = barTop(j) + BH;
+      const y2 = rowTop(i) + RH / 2;
+      const hop = svg('path', { class: 'hop', d: 'M' + x1.toFixed(1) + ',' + y1.toFixed(1) + 'V' + y2.toFixed(1) + 'H' + x2.toFixed(1) }, root);
+      hop.dataset.from = h.from;
+      hop.dataset.to = s.stage;
+      svg('title', {}, hop).textContent = h.from + ' → ' + s.stage + ': ' + fmtMs(h.delay_ms) + ' from its end to this start';
+      if (Math.abs(x2 - x1) >= 30) {
+        svg('text', { class: 'hop-delay', x: ((x1 + x2) / 2).toFixed(1), y: (y2 - 3).toFixed(1), 'text-anchor': 'middle' }, root)
+          .textContent = fmtMs(h.delay_ms);
+      }
+    }
+  });
+
+  // Stages the lineage expects and the run has not reached: waiting, past the run's end.
+  const end = times.length ? Math.max(...times) : t0;
+  missing.forEach((name, k) => {
+    const i = stages.length + k;
+    const g = svg('g', { class: 'run-stage missing' }, root);
+    g.dataset.stage = name;
+    const label = svg('text', { class: 'stage-name', x: L - 8, y: rowTop(i) + RH / 2 + 4, 'text-anchor': 'end' }, g);
+    label.textContent = name.length > 18 ? name.slice(0, 17) + '…' : name;
+    svg('title', {}, label).textContent = name;
+    const xa = x(end);
+    svg('rect', { class: 'waiting', x: xa.toFixed(1), y: barTop(i), width: Math.max(2, W - 4 - xa).toFixed(1), height: BH, rx: 2 }, g);
+    svg('text', { class: 'note note-missing', x: L + 6, y: rowTop(i) + RH / 2 + 4 }, g)
+      .textContent = 'no event from this run';
+  });
+  return root;
+}
+
+/** The figures behind the timeline, exactly. */
+function runTable(analysis) {
+  const table = el('table', 'run-stages');
+  const head = el('tr');
+  for (const [text, num] of [['Stage'], ['Status'], ['Start', 1], ['Took', 1], ['In', 1], ['Out', 1],
+    ['Rejected', 1], ['From'], ['Lost', 1]]) {
+    head.appendChild(el('th', num ? 'num' : '', text));
+  }
+  table.appendChild(el('thead')).appendChild(head);
+  const body = table.appendChild(el('tbody'));
+  const t0 = Math.min(...analysis.stages.map((s) => s.t0).filter(Number.isFinite));
+  const alert = state.runAlert;
+  for (const s of analysis.stages) {
+    const mark = rowMark(s, analysis);
+    const tr = el('tr', mark ? 'row-' + mark : '');
+    tr.dataset.stage = s.stage;
+    const name = el('td', 'stage', s.stage);
+    if (alert && alert.stage === s.stage && alert.pipeline === analysis.pipeline) name.classList.add('alerted');
+    tr.appendChild(name);
+    const status = el('td', 'status status-' + (STATUSES.includes(s.status) ? s.status : 'unknown'));
+    status.appendChild(el('span', 'dot'));
+    status.appendChild(document.createTextNode(s.status));
+    tr.appendChild(status);
+    tr.appendChild(el('td', 'num', !Number.isFinite(s.t0) ? '–' : s.t0 === t0 ? '0' : '+' + fmtMs(s.t0 - t0)));
+    tr.appendChild(el('td', 'num', fmtMs(s.duration_ms)));
+    tr.appendChild(el('td', 'num', fmtCount(s.records_in)));
+    tr.appendChild(el('td', 'num', fmtCount(s.records_out)));
+    tr.appendChild(el('td', 'num', fmtCount(s.records_rejected)));
+    const hops = tr.appendChild(el('td', 'hops'));
+    for (const h of s.hops) hops.appendChild(el('div', '', h.from + ' (' + fmtMs(h.delay_ms) + ')'));
+    hops.title = 'Upstream stages, and the hand-over from the end of each to the start of ' + s.stage;
+    tr.appendChild(el('td', 'num lost', s.lost > 0 ? fmtCount(s.lost) : s.lost < 0 ? '+' + fmtCount(-s.lost) + ' read' : ''));
+    body.appendChild(tr);
+  }
+  for (const name of analysis.missing) {
+    const tr = el('tr', 'missing');
+    tr.dataset.stage = name;
+    const cell = tr.appendChild(el('td', 'stage', name));
+    if (alert && alert.stage === name && alert.pipeline === analysis.pipeline) cell.classList.add('alerted');
+    const td = el('td', 'status', 'no event from this run');
+    td.colSpan = 8;
+    tr.appendChild(td);
+    body.appendChild(tr);
+  }
+  return table;
 }
 
 // ---------------------------------------------------------------- charts
@@ -690,19 +1045,33 @@ function start() {
       refresh();
     });
   }
-  $('detail-close').addEventListener('click', closeStage);
+  $('detail-close').addEventListener('click', () => closeStage());
+  $('run-close').addEventListener('click', () => closeRun());
+  $('find-run').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const id = $('find-run-id').value.trim();
+    if (id) openRun(id);
+  });
   document.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape' && state.open && event.target.tagName !== 'INPUT') closeStage();
+    if (event.key !== 'Escape' || event.target.tagName === 'INPUT') return;
+    if (state.run !== null) closeRun();
+    else if (state.open) closeStage();
   });
-  window.addEventListener('popstate', () => {
+  // The address says what is open; going back and forth reopens it as it was.
+  const follow = () => {
     const open = stageFromPath(location.pathname);
+    const run = runFromLocation();
+    if (run === null) {
+      if (state.run !== null) closeRun(true);
+    } else if (run !== state.run) {
+      openRun(run, null, true);
+    }
     if (open) openStage(open.pipeline, open.stage, true);
-    else closeStage();
-  });
-
-  const open = stageFromPath(location.pathname);
-  if (open) openStage(open.pipeline, open.stage, true);
-  else refresh();
+    else if (state.open) closeStage(true);
+    refresh();
+  };
+  window.addEventListener('popstate', follow);
+  follow();
   connect();
 }
 
