@@ -311,3 +311,58 @@ fn runs_are_bounded_in_number_and_time() {
     assert!(stats.runs_expired >= 49, "{stats:?}");
     assert_eq!(stats.runs_evicted + stats.runs_expired, 200, "{stats:?}");
 }
+
+#[test]
+fn declared_upstream_stages_are_the_lineage_from_the_first_run() {
+    let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
+    let flow = pipewatch::flow::FlowTracker::shared(&settings).unwrap();
+    let mut engine = pipewatch::engine::Engine::with_shared(
+        &settings,
+        false,
+        pipewatch::engine::StageBudget::new(100),
+        Some(flow.clone()),
+    );
+    let mut out = Outputs::default();
+    // `x` and `y` run side by side and both feed `z`, as `z`'s producer says. Learning
+    // would need `flow.stuck_training` runs before comparing any records.
+    let mut run = |n: i64, z_in: u64| {
+        let start = T0 + n * MINUTE;
+        for (stage, end, records, upstream) in [
+            ("x", start + 5_000, 500, ""),
+            ("y", start + 6_000, 500, ""),
+            ("z", start + 9_000, z_in, r#","upstream":["x","y"]"#),
+        ] {
+            let json = format!(
+                r#"{{"pipeline":"q","stage":"{stage}","timestamp":{end},"correlation_id":"run-{n}","duration_ms":2000,"records_in":{records},"records_out":{records}{upstream}}}"#
+            );
+            engine.ingest(json.as_bytes(), i64::MAX, &mut out);
+        }
+    };
+    run(0, 600);
+    run(1, 1_000);
+    run(2, 1_000);
+    let lost: Vec<_> = out
+        .alerts
+        .iter()
+        .filter(|a| a.kind == "data_loss")
+        .collect();
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].correlation_ids, ["run-0"]);
+    assert_eq!(lost[0].stage, "z");
+    assert_eq!(lost[0].labels["upstream_stage"], "x, y");
+    assert_eq!(lost[0].annotations["upstream_records_out"], "1000");
+    assert_eq!(lost[0].annotations["records_lost"], "400");
+
+    let tracker = pipewatch::flow::lock(&flow);
+    let graph = serde_json::to_value(tracker.graph("q").unwrap()).unwrap();
+    let edges: Vec<(&str, &str, &str)> = graph["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap();
+            (s("from"), s("to"), s("source"))
+        })
+        .collect();
+    assert_eq!(edges, [("x", "z", "declared"), ("y", "z", "declared")]);
+}

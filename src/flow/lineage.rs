@@ -181,21 +181,21 @@ impl PipelineFlow {
         &self.stages[stage as usize].downstream
     }
 
-    /// Producers of `stage` name its upstream stages `names` (stages beyond `max` are
+    /// Producers of `stage` name its upstream stages `names()` (stages beyond `max` are
     /// left out). The same list again, the usual case, changes nothing and allocates
-    /// nothing.
-    pub fn declare<'n>(
+    /// nothing. A later event that names none leaves the declaration as it was: it did
+    /// not say the stage has no upstream.
+    pub fn declare<'n, I: Iterator<Item = &'n str>>(
         &mut self,
         stage: u16,
-        names: impl Iterator<Item = &'n str> + Clone,
+        names: impl Fn() -> I,
         max: usize,
     ) {
         if let Some(declared) = &self.stages[stage as usize].declared {
             let stages = &self.stages;
             // Compared as resolved below; a list naming unknown stages, or one stage
             // twice, is resolved again each time: rare, and bounded.
-            let same = names
-                .clone()
+            let same = names()
                 .map(|n| stages.iter().position(|s| *s.name == *n))
                 .filter(|&id| id != Some(stage as usize))
                 .eq(declared.iter().map(|&d| Some(d as usize)));
@@ -204,7 +204,7 @@ impl PipelineFlow {
             }
         }
         let mut declared = Vec::new();
-        for name in names {
+        for name in names() {
             if let Some(id) = self.stage_id_or_add(name, max) {
                 if id != stage && !declared.contains(&id) {
                     declared.push(id);
@@ -429,7 +429,7 @@ mod tests {
             p.learn(a, b);
         }
         assert_eq!(p.upstream(b), [a]);
-        p.declare(b, ["x", "a", "b", "x"].into_iter(), 8);
+        p.declare(b, || ["x", "a", "b", "x"].into_iter(), 8);
         let x = p.stage_id("x").unwrap();
         assert_eq!(
             p.upstream(b),
@@ -438,10 +438,10 @@ mod tests {
         );
         assert_eq!(p.downstream(x), [b]);
         assert_eq!(p.graph().edges[0].source, "declared");
-        p.declare(b, ["a"].into_iter(), 8);
+        p.declare(b, || ["a"].into_iter(), 8);
         assert_eq!(p.upstream(b), [a], "a new declaration replaces the old");
         assert!(p.downstream(x).is_empty());
-        p.declare(b, ["y", "z"].into_iter(), 4);
+        p.declare(b, || ["y", "z"].into_iter(), 4);
         assert_eq!(p.upstream(b), [p.stage_id("y").unwrap()], "bounded");
     }
 }

@@ -428,6 +428,10 @@ impl FlowTracker {
         };
         let p = &mut self.pipelines[key.pipeline as usize];
         p.stages[key.stage as usize].home = (source as u32, tag);
+        if !event.upstream.is_empty() {
+            let max_stages = self.settings.max_stages_per_pipeline;
+            p.declare(key.stage, || event.upstream.names(), max_stages);
+        }
         let end_ms = event.timestamp_ms;
         let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
         let visit = Visit {
