@@ -36,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::{HashMap, HashTable};
 use serde::Serialize;
-use smallvec::SmallVec;
 
 use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
 use crate::config::{FlowSettings, Settings};
@@ -129,41 +128,11 @@ struct Run {
     /// Of the correlation id, to find the run and to forget it without hashing again.
     hash: u64,
     pipeline: u32,
-    correlation_id: InlineId,
-    /// Inline up to a few stages: finding a run and its visits then reads one place in
-    /// memory, where separate allocations cost a cache miss each, per event.
-    visits: SmallVec<[Visit; 4]>,
+    correlation_id: String,
+    visits: Vec<Visit>,
     /// The lineage edges this run counts for (see [`relearn`]).
     edges: Vec<(u16, u16)>,
     last_ms: i64,
-}
-
-/// A correlation id, kept inside its run's slot when short (ids are usually a pipeline
-/// name and a time or a number), for the reason the visits are.
-#[derive(Debug, Clone, Default)]
-struct InlineId(SmallVec<[u8; 48]>);
-
-impl InlineId {
-    fn set(&mut self, id: &str) {
-        self.0.clear();
-        self.0.extend_from_slice(id.as_bytes());
-    }
-
-    fn is(&self, id: &str) -> bool {
-        self.0[..] == *id.as_bytes()
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("set from a str")
-    }
-
-    fn heap_bytes(&self) -> usize {
-        if self.0.spilled() {
-            self.0.capacity()
-        } else {
-            0
-        }
-    }
 }
 
 /// A run, as queues and checks refer to it: a slot and the serial of the run that held
@@ -467,7 +436,7 @@ impl FlowTracker {
         let runs = &self.runs;
         if let Some(&slot) = self.by_correlation.find(hash, |&slot| {
             let r = &runs[slot as usize];
-            r.pipeline == pipeline && r.correlation_id.is(correlation_id)
+            r.pipeline == pipeline && r.correlation_id == correlation_id
         }) {
             return RunRef {
                 serial: runs[slot as usize].serial,
@@ -491,7 +460,8 @@ impl FlowTracker {
         r.serial = serial;
         r.hash = hash;
         r.pipeline = pipeline;
-        r.correlation_id.set(correlation_id);
+        r.correlation_id.clear();
+        r.correlation_id.push_str(correlation_id);
         r.visits.clear();
         r.edges.clear();
         r.last_ms = ts_ms;
@@ -1014,7 +984,7 @@ impl FlowTracker {
             .by_correlation
             .iter_hash(hash)
             .map(|&slot| &self.runs[slot as usize])
-            .filter(|r| r.correlation_id.is(correlation_id))
+            .filter(|r| r.correlation_id == correlation_id)
             .map(|r| self.trace(r))
             .collect();
         traces.sort_by(|a, b| a.pipeline.cmp(b.pipeline));
@@ -1091,10 +1061,8 @@ impl FlowTracker {
             .iter()
             .map(|r| {
                 std::mem::size_of::<Run>()
-                    + r.correlation_id.heap_bytes()
-                    + usize::from(r.visits.spilled())
-                        * r.visits.capacity()
-                        * std::mem::size_of::<Visit>()
+                    + r.correlation_id.capacity()
+                    + r.visits.capacity() * std::mem::size_of::<Visit>()
                     + r.edges.capacity() * std::mem::size_of::<(u16, u16)>()
             })
             .sum::<usize>()
