@@ -73,6 +73,14 @@ impl Pipeline {
     }
 }
 
+/// An engine, and the data-flow tracker it reports to, to look into.
+fn engine_and_tracker(settings: &Settings) -> (Engine, pipewatch::flow::SharedFlow) {
+    let flow = pipewatch::flow::FlowTracker::shared(settings).expect("flow.enabled");
+    let budget = pipewatch::engine::StageBudget::new(100);
+    let engine = Engine::with_shared(settings, false, budget, Some(flow.clone()));
+    (engine, flow)
+}
+
 #[test]
 fn records_lost_between_two_stages_alert_with_both_stages_and_the_counts() {
     let mut p = Pipeline::new(&[]);
@@ -276,13 +284,7 @@ fn runs_are_bounded_in_number_and_time() {
         .map(|(k, v)| (k.to_string(), v.to_string())),
     )
     .unwrap();
-    let flow = pipewatch::flow::FlowTracker::shared(&settings).unwrap();
-    let mut engine = pipewatch::engine::Engine::with_shared(
-        &settings,
-        false,
-        pipewatch::engine::StageBudget::new(100),
-        Some(flow.clone()),
-    );
+    let (mut engine, flow) = engine_and_tracker(&settings);
     let mut out = Outputs::default();
     for n in 0..200 {
         let json = format!(
@@ -315,13 +317,7 @@ fn runs_are_bounded_in_number_and_time() {
 #[test]
 fn declared_upstream_stages_are_the_lineage_from_the_first_run() {
     let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
-    let flow = pipewatch::flow::FlowTracker::shared(&settings).unwrap();
-    let mut engine = pipewatch::engine::Engine::with_shared(
-        &settings,
-        false,
-        pipewatch::engine::StageBudget::new(100),
-        Some(flow.clone()),
-    );
+    let (mut engine, flow) = engine_and_tracker(&settings);
     let mut out = Outputs::default();
     // `x` and `y` run side by side and both feed `z`, as `z`'s producer says. Learning
     // would need `flow.stuck_training` runs before comparing any records.
