@@ -180,16 +180,17 @@ fn percent_encode(segment: &str) -> String {
     out
 }
 
-/// A firing alert for unit tests of what consumes alerts.
+/// A firing alert for unit tests of what consumes alerts, as the engine builds it: in
+/// the bucket of 2026-11-24T03:00Z, the metric fell to 120 (expected 8,200–11,800).
 #[cfg(test)]
 pub(crate) fn test_alert(pipeline: &str, stage: &str, metric: &str, kind: AlertKind) -> Alert {
     let factory = AlertFactory {
         bucket_ms: 60_000,
-        dashboard_url: "http://127.0.0.1:9898".into(),
+        dashboard_url: "http://h:9898/".into(),
     };
     factory.build(&AlertFacts {
         notice: Notice::Firing {
-            started_ms: 60_000,
+            started_ms: 1_795_489_260_000,
             severity: Severity::Critical,
         },
         kind,
@@ -197,14 +198,14 @@ pub(crate) fn test_alert(pipeline: &str, stage: &str, metric: &str, kind: AlertK
         stage,
         metric,
         detector: "ewma",
-        value: 1.0,
-        expected: 10.0,
-        lower: 8.0,
-        upper: 12.0,
-        score: -9.0,
-        bucket_start: 0,
-        bucket_end: 60_000,
-        correlation_ids: &[],
+        value: 120.0,
+        expected: 10_000.0,
+        lower: 8_200.0,
+        upper: 11_800.0,
+        score: -16.4,
+        bucket_start: 1_795_489_200_000,
+        bucket_end: 1_795_489_260_000,
+        correlation_ids: &["orders_etl-run-20261124T0300"],
         upward_only: false,
     })
 }
@@ -359,31 +360,13 @@ mod tests {
 
     #[test]
     fn summary_and_links() {
-        let factory = AlertFactory {
-            bucket_ms: 60_000,
-            dashboard_url: "http://h:9898/".into(),
-        };
-        let ids = ["run-1"];
-        let a = factory.build(&AlertFacts {
-            notice: Notice::Firing {
-                started_ms: 1_795_489_260_000,
-                severity: Severity::Critical,
-            },
-            kind: AlertKind::ThroughputDrop,
-            pipeline: "orders_etl",
-            stage: "trans form/x",
-            metric: "records",
-            detector: "ewma",
-            value: 120.0,
-            expected: 10_000.0,
-            lower: 8_200.0,
-            upper: 11_800.0,
-            score: -16.4,
-            bucket_start: 1_795_489_200_000,
-            bucket_end: 1_795_489_260_000,
-            correlation_ids: &ids,
-            upward_only: false,
-        });
+        // The dashboard address of `test_alert` ends in a slash.
+        let a = test_alert(
+            "orders_etl",
+            "trans form/x",
+            "records",
+            AlertKind::ThroughputDrop,
+        );
         assert_eq!(
             a.summary,
             "orders_etl/trans form/x records fell to 120 per 1m (expected 8,200–11,800)"

@@ -151,7 +151,7 @@ mod tests {
     fn resolved() -> Alert {
         let mut a = firing();
         a.status = AlertStatus::Resolved;
-        a.ends_at = Some(120_000);
+        a.ends_at = Some(a.starts_at + 60_000);
         a
     }
 

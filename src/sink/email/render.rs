@@ -378,41 +378,12 @@ pub fn escape_html(s: &str) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     /// A firing alert as the engine builds it (`orders_etl/transform`, records fell).
     pub(crate) fn alert() -> Alert {
-        Alert {
-            version: "1",
-            alert_id: "0b5d8c1e-3a7f-4f6e-9d2a-5c4b3a291807".into(),
-            fingerprint: "9c1e5b7a3d2f4e60".into(),
-            status: AlertStatus::Firing,
-            severity: "critical",
-            kind: "throughput_drop",
-            pipeline: "orders_etl".into(),
-            stage: "transform".into(),
-            metric: "records".into(),
-            detector: "ewma",
-            value: 120.0,
-            expected: 10_000.0,
-            lower: 8_200.0,
-            upper: 11_800.0,
-            score: -16.4,
-            bucket_start: 1_795_489_200_000,
-            bucket_end: 1_795_489_260_000,
-            starts_at: 1_795_489_260_000,
-            ends_at: None,
-            correlation_ids: vec!["orders_etl-run-20261124T0300".into()],
-            summary: "orders_etl/transform records fell to 120 per 1m (expected 8,200–11,800)"
-                .into(),
-            labels: BTreeMap::new(),
-            annotations: BTreeMap::from([(
-                "dashboard",
-                "http://h:9898/stages/orders_etl/transform".to_string(),
-            )]),
-        }
+        let kind = crate::metric::AlertKind::ThroughputDrop;
+        crate::alert::test_alert("orders_etl", "transform", "records", kind)
     }
 
     const HOSTILE: &str = "<img src=x onerror=alert(1)>\"'&\r\nBcc: evil@x\u{202e}";
