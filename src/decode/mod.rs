@@ -128,6 +128,25 @@ impl<'a> Upstream<'a> {
             UpstreamNames::List(list) => list.is_empty(),
         }
     }
+
+    /// The names as the event wrote them, where the decoder kept that text: two such
+    /// texts that are equal name the same stages, which is cheaper to see than reading
+    /// both. `None` for names the decoder had to unescape.
+    pub fn as_written(&self) -> Option<&'a str> {
+        match self.0 {
+            UpstreamNames::Text(text) => Some(text),
+            UpstreamNames::List(_) => None,
+        }
+    }
+}
+
+/// Names given as a list, as the serde path reads them.
+impl<'a> FromIterator<&'a str> for Upstream<'a> {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(names: I) -> Self {
+        Upstream(UpstreamNames::List(
+            names.into_iter().map(Cow::Borrowed).collect(),
+        ))
+    }
 }
 
 impl Default for Upstream<'_> {

@@ -399,7 +399,7 @@ impl FlowTracker {
         p.stages[key.stage as usize].home = (source as u32, tag);
         if !event.upstream.is_empty() {
             let max_stages = self.settings.max_stages_per_pipeline;
-            p.declare(key.stage, || event.upstream.names(), max_stages);
+            p.declare(key.stage, &event.upstream, max_stages);
         }
         let end_ms = event.timestamp_ms;
         let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
