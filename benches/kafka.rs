@@ -6,12 +6,20 @@
 //! loop (decode, windows, detectors, alerts, commits), each in a new consumer group.
 //! Rates run from the first message to the last, so the group join is not counted.
 //! Target: pipewatch ≥ 0.8 × the raw rate (medians).
+//!
+//! Each round also runs pipewatch with data-flow tracking off (`flow.enabled = false`):
+//! the default configuration is the figure that counts, and the second one separates
+//! the consume path's own cost from the cost of the engine's data-flow tracker.
+//!
+//! The broker runs on the same machine, so each timed run also says where the CPU went
+//! (from /proc, Linux only): the consuming thread, librdkafka's threads, Tansu, and the
+//! rest of the machine (other work competing for the cores), in microseconds per message.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use pipewatch::config::{KafkaSettings, Settings};
@@ -21,7 +29,11 @@ use pipewatch::simulate::{FaultPlan, SimOptions, Simulation};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
-const EVENTS: u64 = 1_000_000;
+/// Events produced and read per run. `EVENTS=200000` makes a quicker run for trying a
+/// change; the figures that count are taken with the default.
+static EVENTS: LazyLock<u64> = LazyLock::new(|| {
+    std::env::var("EVENTS").map_or(1_000_000, |v| v.parse().expect("EVENTS: a number"))
+});
 const TOPIC: &str = "bench-events";
 const ROUNDS: usize = 3;
 
@@ -32,6 +44,142 @@ fn broker(verb: &str, port: u16) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "broker.sh {verb} {port}");
+}
+
+/// CPU time, in seconds, by who spent it.
+#[derive(Debug, Default, Clone)]
+struct Cpu {
+    /// The thread that polls (and, for pipewatch, processes).
+    consumer: f64,
+    /// Time the consuming thread was ready to run but waited for a core: what the rest
+    /// of the machine took from it. The remainder of the wall time it was asleep in
+    /// `poll`, with no message to take.
+    consumer_waiting: f64,
+    /// librdkafka's threads: fetching, decoding message sets, the producers.
+    librdkafka: f64,
+    /// The bench's other threads (its progress watcher, the sink's poller).
+    bench: f64,
+    broker: f64,
+    /// Every core's busy time, ours included.
+    machine: f64,
+}
+
+impl Cpu {
+    /// Now. `consumer` names the consuming thread, `broker` is Tansu's pid.
+    fn read(consumer: &str, broker: u32) -> Cpu {
+        // /proc reports in USER_HZ, which is 100 on every Linux ABI.
+        const HZ: f64 = 100.0;
+        let mut cpu = Cpu::default();
+        let threads = std::fs::read_dir("/proc/self/task").expect("/proc");
+        for thread in threads.flatten() {
+            let Some((name, seconds)) = proc_stat(&thread.path().join("stat")) else {
+                continue;
+            };
+            let seconds = seconds / HZ;
+            match name.as_str() {
+                n if n == consumer => {
+                    // In nanoseconds: running, then waiting on a run queue.
+                    let schedstat = std::fs::read_to_string(thread.path().join("schedstat"))
+                        .unwrap_or_default();
+                    let ns: Vec<f64> = schedstat
+                        .split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect();
+                    if let [running, waiting, ..] = ns[..] {
+                        cpu.consumer += running / 1e9;
+                        cpu.consumer_waiting += waiting / 1e9;
+                    } else {
+                        cpu.consumer += seconds;
+                    }
+                }
+                n if n.starts_with("rdk:") => cpu.librdkafka += seconds,
+                _ => cpu.bench += seconds,
+            }
+        }
+        cpu.broker =
+            proc_stat(&PathBuf::from(format!("/proc/{broker}/stat"))).map_or(0.0, |(_, s)| s / HZ);
+        let all = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+        let ticks: Vec<f64> = all
+            .lines()
+            .next()
+            .expect("the cpu line")
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().expect("ticks"))
+            .collect();
+        // user nice system idle iowait irq softirq steal: busy is all but idle and iowait.
+        cpu.machine = (ticks.iter().take(8).sum::<f64>() - ticks[3] - ticks[4]) / HZ;
+        cpu
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            consumer: self.consumer - before.consumer,
+            consumer_waiting: self.consumer_waiting - before.consumer_waiting,
+            librdkafka: self.librdkafka - before.librdkafka,
+            bench: self.bench - before.bench,
+            broker: self.broker - before.broker,
+            machine: self.machine - before.machine,
+        }
+    }
+
+    /// The rate this run's CPU cost per message would allow if the consumer, librdkafka,
+    /// the bench and Tansu had every core of the machine to themselves: the cores divided
+    /// by their CPU per message, and no more than the consuming thread's own rate.
+    fn ceiling(&self) -> f64 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let total = self.consumer + self.librdkafka + self.bench + self.broker;
+        let events = *EVENTS as f64;
+        (cores * events / total).min(events / self.consumer)
+    }
+
+    /// Per message, in microseconds, and the cores that the rest of the machine used.
+    fn describe(&self, seconds: f64) -> String {
+        let us = |s: f64| s * 1e6 / *EVENTS as f64;
+        let rest = self.machine - self.consumer - self.librdkafka - self.bench - self.broker;
+        let share = |s: f64| 100.0 * s / seconds;
+        format!(
+            "CPU per message: consumer thread {:.2} µs, librdkafka {:.2} µs, tansu {:.2} µs; \
+             consumer thread ran {:.0}%, waited for a core {:.0}%, waited for messages {:.0}% of the time; \
+             rest of machine {:.2} cores; CPU-bound ceiling {:.0} events/s",
+            us(self.consumer),
+            us(self.librdkafka),
+            us(self.broker),
+            share(self.consumer),
+            share(self.consumer_waiting),
+            share(seconds - self.consumer - self.consumer_waiting).max(0.0),
+            rest.max(0.0) / seconds,
+            self.ceiling()
+        )
+    }
+}
+
+/// A thread's or process's name and its user plus system time, in ticks.
+fn proc_stat(path: &std::path::Path) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+    let name = stat[open + 1..close].to_string();
+    // After the name: state, then utime and stime are the 12th and 13th fields.
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((name, ticks))
+}
+
+/// Tansu's pid, from the pid file broker.sh writes (under `TANSU_HOME`, as it does).
+fn broker_pid(port: u16) -> u32 {
+    let home = std::env::var_os("TANSU_HOME").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/.tansu"),
+        PathBuf::from,
+    );
+    let file = home.join(format!("run/tansu-{port}.pid"));
+    let pid = std::fs::read_to_string(&file).expect("broker.sh's pid file");
+    pid.trim().parse().expect("a pid")
+}
+
+/// One timed run: seconds from the first message to the last, and the CPU spent then.
+struct Timed {
+    seconds: f64,
+    cpu: Cpu,
 }
 
 fn settings(port: u16, group: &str) -> Settings {
@@ -63,7 +211,7 @@ fn produce(kafka: &KafkaSettings) -> usize {
         .create()
         .expect("producer");
     let mut bytes = 0;
-    for event in sim.keyed_events().take(EVENTS as usize) {
+    for event in sim.keyed_events().take(*EVENTS as usize) {
         bytes += event.json.len();
         let record = BaseRecord::to(TOPIC).key(&event.key).payload(&event.json);
         pipewatch::kafka::send_waiting(&producer, record).expect("queued");
@@ -74,24 +222,35 @@ fn produce(kafka: &KafkaSettings) -> usize {
     bytes
 }
 
-/// Seconds from the first message to the `EVENTS`th, reading only.
-fn raw(kafka: &KafkaSettings) -> f64 {
-    let consumer: BaseConsumer = pipewatch::source::kafka::consumer_config(kafka)
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[TOPIC]).expect("subscribe");
-    let (mut seen, mut first) = (0u64, None);
-    while seen < EVENTS {
-        if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
-            first.get_or_insert_with(Instant::now);
-            seen += 1;
-        }
-    }
-    first.expect("messages").elapsed().as_secs_f64()
+/// From the first message to the `EVENTS`th, reading only, on a thread of its own: named,
+/// so that /proc can tell its CPU time from the bench's.
+fn raw(kafka: &KafkaSettings, broker: u32) -> Timed {
+    let kafka = kafka.clone();
+    let reader = std::thread::Builder::new()
+        .name("raw".into())
+        .spawn(move || {
+            let consumer: BaseConsumer = pipewatch::source::kafka::consumer_config(&kafka)
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[TOPIC]).expect("subscribe");
+            let (mut seen, mut first) = (0u64, None);
+            while seen < *EVENTS {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(100)) {
+                    first.get_or_insert_with(|| (Instant::now(), Cpu::read("raw", broker)));
+                    seen += 1;
+                }
+            }
+            let (started, cpu) = first.expect("messages");
+            Timed {
+                seconds: started.elapsed().as_secs_f64(),
+                cpu: Cpu::read("raw", broker).since(&cpu),
+            }
+        });
+    reader.expect("a thread").join().expect("raw consumer")
 }
 
-/// Seconds from the first message to the `EVENTS`th, through pipewatch's consume loop.
-fn pipewatch(settings: &Settings) -> f64 {
+/// From the first message to the `EVENTS`th, through pipewatch's consume loop.
+fn pipewatch(settings: &Settings, broker: u32) -> Timed {
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     // Named, so that a profiler can tell its time from the raw consumer's.
@@ -109,14 +268,17 @@ fn pipewatch(settings: &Settings) -> f64 {
     while progress.processed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_micros(200));
     }
-    let first = Instant::now();
-    while progress.processed.load(Ordering::Relaxed) < EVENTS {
+    let (first, cpu) = (Instant::now(), Cpu::read("pipewatch", broker));
+    while progress.processed.load(Ordering::Relaxed) < *EVENTS {
         std::thread::sleep(Duration::from_micros(200));
     }
-    let seconds = first.elapsed().as_secs_f64();
+    let timed = Timed {
+        seconds: first.elapsed().as_secs_f64(),
+        cpu: Cpu::read("pipewatch", broker).since(&cpu),
+    };
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("consume thread");
-    seconds
+    timed
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -129,11 +291,17 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // `RUST_LOG=pipewatch=debug` shows the consume loop's commits and their round trips.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     broker("start", port);
+    let tansu = broker_pid(port);
     let base = settings(port, "setup");
     pipewatch::kafka::create_topics(&base.kafka, &[TOPIC], 4).expect("topic");
     pipewatch::kafka::create_topics(&base.kafka, &["bench-alerts", "bench-dlq"], 1)
@@ -141,26 +309,49 @@ fn main() {
     let t = Instant::now();
     let bytes = produce(&base.kafka);
     eprintln!(
-        "produced {EVENTS} events ({:.0} B each) in {:.1} s",
-        bytes as f64 / EVENTS as f64,
+        "produced {} events ({:.0} B each) in {:.1} s",
+        *EVENTS,
+        bytes as f64 / *EVENTS as f64,
         t.elapsed().as_secs_f64()
     );
-    let (mut raw_s, mut pw_s) = (Vec::new(), Vec::new());
+    let (mut raw_s, mut pw_s, mut off_s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut pw_ceiling, mut off_ceiling) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let r = raw(&settings(port, &format!("raw-{round}")).kafka);
-        let p = pipewatch(&settings(port, &format!("pipewatch-{round}")));
-        eprintln!(
-            "round {round}: raw {:.0} events/s, pipewatch {:.0} events/s",
-            EVENTS as f64 / r,
-            EVENTS as f64 / p
-        );
-        raw_s.push(r);
-        pw_s.push(p);
+        let r = raw(&settings(port, &format!("raw-{round}")).kafka, tansu);
+        let p = pipewatch(&settings(port, &format!("pipewatch-{round}")), tansu);
+        let mut no_flow = settings(port, &format!("pipewatch-noflow-{round}"));
+        no_flow.flow.enabled = false;
+        let o = pipewatch(&no_flow, tansu);
+        for (name, t) in [("raw", &r), ("pipewatch", &p), ("pipewatch, flow off", &o)] {
+            eprintln!(
+                "round {round}: {name:<20} {:>7.0} events/s; {}",
+                *EVENTS as f64 / t.seconds,
+                t.cpu.describe(t.seconds)
+            );
+        }
+        raw_s.push(r.seconds);
+        pw_s.push(p.seconds);
+        off_s.push(o.seconds);
+        pw_ceiling.push(p.cpu.ceiling());
+        off_ceiling.push(o.cpu.ceiling());
     }
     broker("stop", port);
-    let (raw_rate, pw_rate) = (EVENTS as f64 / median(raw_s), EVENTS as f64 / median(pw_s));
+    let rate = |seconds: Vec<f64>| *EVENTS as f64 / median(seconds);
+    let (raw_rate, pw_rate, off_rate) = (rate(raw_s), rate(pw_s), rate(off_s));
     println!(
         "kafka consume, medians of {ROUNDS}: raw rdkafka {raw_rate:.0} events/s, pipewatch run {pw_rate:.0} events/s, ratio {:.2} (target >= 0.80)",
         pw_rate / raw_rate
+    );
+    println!(
+        "  without data-flow tracking (flow.enabled = false): pipewatch run {off_rate:.0} events/s, ratio {:.2}",
+        off_rate / raw_rate
+    );
+    // The raw consumer waits for messages most of the time (its rate is set by fetch round
+    // trips, not CPU), so its rate stands; pipewatch's could at most reach its ceiling.
+    let (pw_max, off_max) = (median(pw_ceiling), median(off_ceiling));
+    println!(
+        "  CPU-bound ceilings (every core to the consumer, librdkafka and Tansu): pipewatch run {pw_max:.0} events/s, ratio {:.2}; flow off {off_max:.0} events/s, ratio {:.2}",
+        pw_max / raw_rate,
+        off_max / raw_rate
     );
 }
