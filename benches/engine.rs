@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pipewatch::config::Settings;
-use pipewatch::engine::{Engine, Outcome, Outputs};
+use pipewatch::engine::{Engine, Outcome, Outputs, ScoreRows};
 use pipewatch::simulate::{FaultPlan, SimOptions, Simulation};
 
 /// Enough simulated days to reach this many events.
@@ -29,7 +29,7 @@ fn simulated(correlation_ids: bool) -> Vec<Vec<u8>> {
 }
 
 fn ingest_all(events: &[Vec<u8>], settings: &Settings) -> u64 {
-    let mut engine = Engine::new(settings, false);
+    let mut engine = Engine::new(settings, ScoreRows::None);
     let mut out = Outputs::default();
     let now = chrono::Utc::now().timestamp_millis();
     let mut applied = 0;

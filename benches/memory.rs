@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use pipewatch::config::Settings;
-use pipewatch::engine::{Engine, Outputs};
+use pipewatch::engine::{Engine, Outputs, ScoreRows};
 
 struct Counting;
 
@@ -47,7 +47,7 @@ fn main() {
     let bucket_ms = settings.bucket_ms();
     let buckets = 25; // past training (20), so every detector ring exists
     let before = LIVE.load(Ordering::Relaxed);
-    let mut engine = Engine::new(&settings, false);
+    let mut engine = Engine::new(&settings, ScoreRows::None);
     let mut out = Outputs::default();
     let now = T0 + 86_400_000;
     let mut line = Vec::with_capacity(512);
@@ -92,7 +92,7 @@ fn runs_heap(flow: bool) -> isize {
     settings.flow.max_runs = RUNS as usize;
     settings.flow.run_ttl = std::time::Duration::from_secs(86_400);
     let before = LIVE.load(Ordering::Relaxed);
-    let mut engine = Engine::new(&settings, false);
+    let mut engine = Engine::new(&settings, ScoreRows::None);
     let mut out = Outputs::default();
     let mut line = Vec::with_capacity(256);
     for r in 0..RUNS {

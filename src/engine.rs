@@ -10,6 +10,7 @@
 //! dropped. In live mode an idle consumer lets the wall clock move the watermark (see
 //! [`Engine::advance_clock`]), so silence is found even when every stream stops.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,12 +91,24 @@ impl std::ops::AddAssign<&Stats> for Stats {
     }
 }
 
+/// Which [`ScoredBucket`]s the engine reports as buckets close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreRows {
+    /// None: alerts only.
+    None,
+    /// The lead detector's row of each metric, the judgement the verdict reports: all
+    /// that the live view (API, dashboard, per-stage gauges) shows.
+    Lead,
+    /// Every detector's row (`replay --scores`).
+    All,
+}
+
 /// One scored bucket of one metric by one detector (`../shared/schema/score.md`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ScoredBucket {
-    pub pipeline: String,
-    pub stage: String,
-    pub metric: String,
+    pub pipeline: Arc<str>,
+    pub stage: Arc<str>,
+    pub metric: Cow<'static, str>,
     pub detector: &'static str,
     #[serde(serialize_with = "serialize_ms")]
     pub bucket_start: i64,
@@ -137,8 +150,8 @@ struct Series {
 }
 
 struct Stage {
-    pipeline: Box<str>,
-    stage: Box<str>,
+    pipeline: Arc<str>,
+    stage: Arc<str>,
     /// Open buckets, oldest first; at most lateness/width + 2 of them.
     open: Vec<Bucket>,
     /// The last bucket closed, emptied into the next one opened (see [`Bucket::reset`]).
@@ -313,7 +326,7 @@ struct Closer<'a> {
     rules: &'a Rules,
     silence: &'a SilenceSettings,
     bucket_ms: i64,
-    emit_scores: bool,
+    score_rows: ScoreRows,
     values: &'a mut Vec<f64>,
     judgements: &'a mut Vec<Judgement>,
     stats: &'a mut Stats,
@@ -333,7 +346,7 @@ pub struct Engine {
     rules: Rules,
     factory: AlertFactory,
     policies: PolicyBook,
-    emit_scores: bool,
+    score_rows: ScoreRows,
 
     hasher: hashbrown::DefaultHashBuilder,
     index: HashTable<u32>,
@@ -356,12 +369,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// `emit_scores`: whether closed buckets are also reported as [`ScoredBucket`]s.
+    /// `score_rows`: which closed buckets are also reported as [`ScoredBucket`]s.
     /// With `flow.enabled`, the engine tracks runs across stages with a tracker of its own.
-    pub fn new(settings: &Settings, emit_scores: bool) -> Engine {
+    pub fn new(settings: &Settings, score_rows: ScoreRows) -> Engine {
         Engine::with_shared(
             settings,
-            emit_scores,
+            score_rows,
             StageBudget::new(settings.stages.max_tracked),
             FlowTracker::shared(settings),
         )
@@ -371,7 +384,7 @@ impl Engine {
     /// shared with other engines (and `flow` with whoever shows runs).
     pub fn with_shared(
         settings: &Settings,
-        emit_scores: bool,
+        score_rows: ScoreRows,
         budget: StageBudget,
         flow: Option<SharedFlow>,
     ) -> Engine {
@@ -397,7 +410,7 @@ impl Engine {
                 dashboard_url: settings.alerts.dashboard_url.clone(),
             },
             policies: PolicyBook::new(settings),
-            emit_scores,
+            score_rows,
             hasher: Default::default(),
             index: HashTable::new(),
             stages: Vec::new(),
@@ -583,8 +596,8 @@ impl Engine {
             })
             .collect();
         Stage {
-            pipeline: Box::from(&*event.pipeline),
-            stage: Box::from(&*event.stage),
+            pipeline: Arc::from(&*event.pipeline),
+            stage: Arc::from(&*event.stage),
             open: Vec::with_capacity(2),
             spare: None,
             series,
@@ -706,7 +719,7 @@ impl Engine {
             rules: &self.rules,
             silence: &self.silence,
             bucket_ms: self.bucket_ms,
-            emit_scores: self.emit_scores,
+            score_rows: self.score_rows,
             values: &mut self.values,
             judgements: &mut self.judgements,
             stats: &mut self.stats,
@@ -741,7 +754,7 @@ impl Engine {
         }
         self.stats.stages_evicted += 1;
         self.budget.give_back(1);
-        if self.emit_scores {
+        if self.score_rows != ScoreRows::None {
             out.forgotten
                 .push((stage.pipeline.to_string(), stage.stage.to_string()));
         }
@@ -914,12 +927,16 @@ impl Closer<'_> {
             MetricName::Builtin(_) | MetricName::Flow(_) => 0.0,
             MetricName::Quality(_) => f64::NEG_INFINITY,
         };
-        if self.emit_scores && !value.is_nan() {
+        if self.score_rows != ScoreRows::None {
             for j in self.judgements.iter() {
+                let lead = verdict.lead.is_some_and(|l| l.detector == j.detector);
+                if !lead && self.score_rows == ScoreRows::Lead {
+                    continue;
+                }
                 out.scores.push(ScoredBucket {
-                    pipeline: stage.pipeline.to_string(),
-                    stage: stage.stage.to_string(),
-                    metric: metric.to_string(),
+                    pipeline: Arc::clone(&stage.pipeline),
+                    stage: Arc::clone(&stage.stage),
+                    metric: metric.label(),
                     detector: j.detector.as_str(),
                     bucket_start: start_ms,
                     bucket_end: end_ms,
@@ -931,7 +948,7 @@ impl Closer<'_> {
                     anomalous: verdict.anomalous,
                     warming_up: j.band.is_none(),
                     flagged: j.band.is_some_and(|b| b.flagged),
-                    lead: verdict.lead.is_some_and(|l| l.detector == j.detector),
+                    lead,
                 });
             }
         }

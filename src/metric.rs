@@ -1,6 +1,7 @@
 //! The metrics pipewatch derives per stage and bucket (`../shared/schema/event.md`), and the
 //! alert kinds they map to.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Built-in metrics, in the slot order every stage uses; quality figures follow them.
@@ -55,7 +56,20 @@ pub enum MetricName<'a> {
     /// A data-flow figure: `hop_delay` (milliseconds from the end of the last of the
     /// stage's upstream stages to its start) or `e2e_latency` (milliseconds from a run's
     /// first start to its end at this stage). See `crate::flow`.
-    Flow(&'a str),
+    Flow(&'static str),
+}
+
+impl MetricName<'_> {
+    /// The name as scored buckets carry it: borrowed for the fixed names, built only for
+    /// quality figures. A bucket closes for every metric of every stage, so this is on a
+    /// hot path whenever scores are kept (always, in `run`).
+    pub fn label(&self) -> Cow<'static, str> {
+        match self {
+            MetricName::Builtin(b) => Cow::Borrowed(b.name()),
+            MetricName::Quality(_) => Cow::Owned(self.to_string()),
+            MetricName::Flow(name) => Cow::Borrowed(name),
+        }
+    }
 }
 
 impl fmt::Display for MetricName<'_> {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::engine::{Engine, Outcome, Outputs, StageBudget, Stats};
+use crate::engine::{Engine, Outcome, Outputs, ScoreRows, StageBudget, Stats};
 use crate::live::{Driver, Live};
 use crate::sink::ndjson::NdjsonWriter;
 use crate::source::ndjson::LineReader;
@@ -69,16 +69,20 @@ pub fn run(settings: &Settings, args: &ReplayArgs, live: Option<&Live>) -> anyho
     let mut scores = args.scores.as_ref().map(create).transpose()?;
     let mut dead = args.dead_letters.as_ref().map(create).transpose()?;
 
-    let emit_scores = scores.is_some() || live.is_some();
+    let score_rows = match (&scores, &live) {
+        (Some(_), _) => ScoreRows::All,
+        (None, Some(_)) => ScoreRows::Lead,
+        (None, None) => ScoreRows::None,
+    };
     let mut engine = match live {
         // The live state shows the runs this engine tracks.
         Some(live) => Engine::with_shared(
             settings,
-            emit_scores,
+            score_rows,
             StageBudget::new(settings.stages.max_tracked),
             live.flow.clone(),
         ),
-        None => Engine::new(settings, emit_scores),
+        None => Engine::new(settings, score_rows),
     };
     let mut reader = LineReader::new(input, settings.input.max_event_bytes);
     let mut out = Outputs::default();

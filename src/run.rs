@@ -46,7 +46,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::engine::{Engine, Outcome, Outputs, StageBudget, Stats};
+use crate::engine::{Engine, Outcome, Outputs, ScoreRows, StageBudget, Stats};
 use crate::live::stages::Owner;
 use crate::live::{Driver, Live};
 use crate::sink::email::EmailNotifier;
@@ -303,7 +303,7 @@ impl Worker {
             // Scores feed the live view (API, dashboard, per-stage gauges).
             engine: Engine::with_shared(
                 &self.settings,
-                true,
+                ScoreRows::Lead,
                 self.budget.clone(),
                 self.live.flow.clone(),
             ),

@@ -5,7 +5,7 @@ use pipewatch::config::Settings;
 use pipewatch::decode::{
     decode, decode_with_serde, scan, DecodeLimits, MAX_NAME_LEN, MAX_UPSTREAM,
 };
-use pipewatch::engine::{Engine, Outcome, Outputs};
+use pipewatch::engine::{Engine, Outcome, Outputs, ScoreRows};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -150,7 +150,7 @@ proptest! {
     fn the_engine_gives_every_message_one_counted_outcome(
         values in prop::collection::vec(event_like(), 1..200)
     ) {
-        let mut engine = Engine::new(&Settings::defaults(), true);
+        let mut engine = Engine::new(&Settings::defaults(), ScoreRows::All);
         let mut out = Outputs::default();
         let (mut applied, mut late, mut dup, mut limit, mut invalid) = (0u64, 0u64, 0u64, 0u64, 0u64);
         for v in &values {

@@ -3,7 +3,7 @@
 use pipewatch::alert::{Alert, AlertStatus};
 use pipewatch::clock::{Clock, ManualClock};
 use pipewatch::config::Settings;
-use pipewatch::engine::{Engine, Outcome, Outputs, ScoredBucket};
+use pipewatch::engine::{Engine, Outcome, Outputs, ScoreRows, ScoredBucket};
 
 const T0: i64 = 1_793_491_200_000; // 2026-11-01T00:00:00Z
 const MIN: i64 = 60_000;
@@ -24,8 +24,12 @@ struct Run {
 
 impl Run {
     fn new(settings: &Settings) -> Run {
+        Run::with_rows(settings, ScoreRows::All)
+    }
+
+    fn with_rows(settings: &Settings, rows: ScoreRows) -> Run {
         Run {
-            engine: Engine::new(settings, true),
+            engine: Engine::new(settings, rows),
             out: Outputs::default(),
             alerts: Vec::new(),
             scores: Vec::new(),
@@ -52,7 +56,7 @@ impl Run {
         let rows: Vec<&ScoredBucket> = self
             .scores
             .iter()
-            .filter(|s| s.stage == stage && s.metric == metric && s.bucket_start == bucket_start)
+            .filter(|s| *s.stage == *stage && s.metric == metric && s.bucket_start == bucket_start)
             .collect();
         rows.first().and_then(|s| s.value)
     }
@@ -95,12 +99,52 @@ fn out_of_order_events_land_in_their_bucket_and_late_ones_are_dropped() {
     let mut keys: Vec<(i64, &str, &str)> = run
         .scores
         .iter()
-        .map(|s| (s.bucket_start, s.metric.as_str(), s.detector))
+        .map(|s| (s.bucket_start, &*s.metric, s.detector))
         .collect();
     let n = keys.len();
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), n);
+}
+
+#[test]
+fn the_live_view_gets_the_lead_rows_of_what_a_scores_file_gets() {
+    let settings = Settings::defaults();
+    let feed = |rows| {
+        let mut run = Run::with_rows(&settings, rows);
+        steady(&mut run, "s", T0, T0 + 240 * MIN, |ts| {
+            if (T0 + 120 * MIN..T0 + 150 * MIN).contains(&ts) {
+                10
+            } else {
+                1000 + (ts / 10_000 % 7) as u64 * 10
+            }
+        });
+        run.finish();
+        run
+    };
+    let (all, lead, none) = (
+        feed(ScoreRows::All),
+        feed(ScoreRows::Lead),
+        feed(ScoreRows::None),
+    );
+    let json = |rows: &[&ScoredBucket]| serde_json::to_string(rows).unwrap();
+    let all_lead: Vec<&ScoredBucket> = all.scores.iter().filter(|r| r.lead).collect();
+    assert!(
+        all_lead.len() < all.scores.len(),
+        "two detectors, one leads"
+    );
+    assert!(all_lead.iter().any(|r| r.anomalous), "the drop is in them");
+    assert_eq!(
+        json(&lead.scores.iter().collect::<Vec<_>>()),
+        json(&all_lead)
+    );
+    assert!(none.scores.is_empty());
+    assert_eq!(
+        none.alerts.len(),
+        all.alerts.len(),
+        "alerts whatever is scored"
+    );
+    assert!(!all.alerts.is_empty());
 }
 
 #[test]
@@ -452,7 +496,7 @@ fn forced_resolutions_say_why_and_relearning_keeps_its_scores() {
     let buckets = |detector: &str| {
         run.scores
             .iter()
-            .filter(|r| r.stage == "s" && r.metric == "records" && r.detector == detector)
+            .filter(|r| &*r.stage == "s" && r.metric == "records" && r.detector == detector)
             .count()
     };
     assert_eq!(buckets("ewma"), 199);

@@ -3,7 +3,7 @@
 
 use pipewatch::alert::{Alert, AlertStatus};
 use pipewatch::config::Settings;
-use pipewatch::engine::{Engine, Outputs};
+use pipewatch::engine::{Engine, Outputs, ScoreRows};
 
 /// 2026-11-01T00:00:00Z
 const T0: i64 = 1_761_955_200_000;
@@ -40,7 +40,7 @@ impl Pipeline {
         let env = edit.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         let settings = Settings::load_with_env(None, env).expect("valid settings");
         Pipeline {
-            engine: Engine::new(&settings, false),
+            engine: Engine::new(&settings, ScoreRows::None),
             out: Outputs::default(),
             alerts: Vec::new(),
         }
@@ -77,7 +77,7 @@ impl Pipeline {
 fn engine_and_tracker(settings: &Settings) -> (Engine, pipewatch::flow::SharedFlow) {
     let flow = pipewatch::flow::FlowTracker::shared(settings).expect("flow.enabled");
     let budget = pipewatch::engine::StageBudget::new(100);
-    let engine = Engine::with_shared(settings, false, budget, Some(flow.clone()));
+    let engine = Engine::with_shared(settings, ScoreRows::None, budget, Some(flow.clone()));
     (engine, flow)
 }
 

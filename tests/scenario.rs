@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use pipewatch::alert::{Alert, AlertStatus};
 use pipewatch::config::Settings;
-use pipewatch::engine::{Engine, Outputs};
+use pipewatch::engine::{Engine, Outputs, ScoreRows};
 use pipewatch::simulate::{FaultLabel, FaultPlan, SimOptions, Simulation};
 
 const DAYS: u64 = 7;
@@ -41,7 +41,7 @@ fn replay(seed: u64, disorder: Duration, faults: FaultPlan) -> Replayed {
         ..SimOptions::default()
     })
     .expect("valid simulation");
-    let mut engine = Engine::new(&settings, false);
+    let mut engine = Engine::new(&settings, ScoreRows::None);
     let mut out = Outputs::default();
     let now = i64::MAX; // replay: no wall clock (see replay.rs)
     let mut alerts = Vec::new();

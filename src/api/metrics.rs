@@ -90,7 +90,7 @@ fn stage_families(live: &Live) -> Vec<MetricFamily> {
     )
     .expect("a valid metric name");
 
-    let mut chosen: Vec<(Health, String, String)> = Vec::new();
+    let mut chosen: Vec<(Health, Arc<str>, Arc<str>)> = Vec::new();
     live.stages.for_each(|(p, s), view| {
         chosen.push((view.health(), p.clone(), s.clone()));
     });
@@ -104,11 +104,11 @@ fn stage_families(live: &Live) -> Vec<MetricFamily> {
             continue; // forgotten since the list was taken
         };
         health
-            .with_label_values(&[pipeline.as_str(), stage.as_str(), h.as_str()])
+            .with_label_values(&[&**pipeline, &**stage, h.as_str()])
             .set(1);
         for (metric, points) in &view.metrics {
             let Some(p) = points.back() else { continue };
-            let labels = [pipeline.as_str(), stage.as_str(), metric.as_str()];
+            let labels = [&**pipeline, &**stage, metric.as_str()];
             if p.value.is_finite() {
                 value.with_label_values(&labels).set(p.value);
             }
@@ -125,10 +125,8 @@ fn stage_families(live: &Live) -> Vec<MetricFamily> {
             }
         }
     }
-    let exported: std::collections::HashSet<(&str, &str)> = chosen
-        .iter()
-        .map(|(_, p, s)| (p.as_str(), s.as_str()))
-        .collect();
+    let exported: std::collections::HashSet<(&str, &str)> =
+        chosen.iter().map(|(_, p, s)| (&**p, &**s)).collect();
     for active in live.alerts.active() {
         let a = &active.alert;
         if !exported.contains(&(a.pipeline.as_str(), a.stage.as_str())) {

@@ -82,7 +82,7 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
     let limit = query.limit.min(MAX_LIMIT);
     // Only keys while scanning: the page of stages asked for is serialized afterwards, so
     // a dashboard showing 200 of 10,000 stages costs 200 summaries, not 10,000.
-    let mut rows: Vec<(Health, String, String)> = Vec::new();
+    let mut rows: Vec<(Health, Arc<str>, Arc<str>)> = Vec::new();
     let mut total = 0usize;
     live.stages.for_each(|(pipeline, stage), view| {
         total += 1;
@@ -90,7 +90,7 @@ pub async fn list(State(live): State<Arc<Live>>, Query(query): Query<ListQuery>)
         if health.is_some_and(|wanted| wanted != h) {
             return;
         }
-        if query.pipeline.as_ref().is_some_and(|p| p != pipeline) {
+        if query.pipeline.as_deref().is_some_and(|p| p != &**pipeline) {
             return;
         }
         if let Some(needle) = &needle {
@@ -186,12 +186,12 @@ pub async fn pipelines(
         let health = view.health();
         all.add(health);
         // Look up by &str first: most calls find their pipeline, and need no String.
-        let summary = match by_pipeline.get_mut(pipeline.as_str()) {
+        let summary = match by_pipeline.get_mut(&**pipeline) {
             Some(summary) => summary,
             None => by_pipeline
-                .entry(pipeline.clone())
+                .entry(pipeline.to_string())
                 .or_insert_with(|| PipelineSummary {
-                    pipeline: pipeline.clone(),
+                    pipeline: pipeline.to_string(),
                     stages: 0,
                     health: Health::Ok,
                     counts: HealthCounts::default(),

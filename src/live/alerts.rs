@@ -108,10 +108,8 @@ impl AlertBook {
         if stages.is_empty() {
             return;
         }
-        let gone: std::collections::HashSet<(&str, &str)> = stages
-            .iter()
-            .map(|(p, s)| (p.as_str(), s.as_str()))
-            .collect();
+        let gone: std::collections::HashSet<(&str, &str)> =
+            stages.iter().map(|(p, s)| (&**p, &**s)).collect();
         self.book()
             .active
             .retain(|_, a| !gone.contains(&(a.alert.pipeline.as_str(), a.alert.stage.as_str())));

@@ -131,8 +131,14 @@ impl StageView {
     }
 }
 
-/// (pipeline, stage)
-pub type StageKey = (String, String);
+/// (pipeline, stage), shared with the engine's stage, so a closed bucket adds its points
+/// to the board without copying the names.
+pub type StageKey = (Arc<str>, Arc<str>);
+
+/// The key of a stage named by reference (an API path, an alert).
+fn key(pipeline: &str, stage: &str) -> StageKey {
+    (Arc::from(pipeline), Arc::from(stage))
+}
 
 pub struct StageBoard {
     stages: DashMap<StageKey, StageView>,
@@ -169,9 +175,9 @@ impl StageBoard {
 
     fn push(&self, view: &mut StageView, row: &ScoredBucket) {
         view.last_bucket_end = view.last_bucket_end.max(row.bucket_end);
-        let points = match view.metrics.get_mut(&row.metric) {
+        let points = match view.metrics.get_mut(&*row.metric) {
             Some(points) => points,
-            None => view.metrics.entry(row.metric.clone()).or_default(),
+            None => view.metrics.entry(row.metric.to_string()).or_default(),
         };
         if points.len() == self.history {
             points.pop_front();
@@ -182,7 +188,7 @@ impl StageBoard {
     /// Notes that an alert of this stage started (`firing`) or stopped firing. A stage
     /// alerts only after buckets of it were scored, so it is on the board already.
     pub fn note_alert(&self, pipeline: &str, stage: &str, silence: bool, firing: bool) {
-        let key = (pipeline.to_string(), stage.to_string());
+        let key = key(pipeline, stage);
         let Some(mut view) = self.stages.get_mut(&key) else {
             return;
         };
@@ -196,8 +202,7 @@ impl StageBoard {
     }
 
     pub fn forget(&self, pipeline: &str, stage: &str) {
-        self.stages
-            .remove(&(pipeline.to_string(), stage.to_string()));
+        self.stages.remove(&key(pipeline, stage));
     }
 
     /// Forgets the stages of a revoked partition; returns their keys.
@@ -223,9 +228,7 @@ impl StageBoard {
 
     /// A copy of one stage's view.
     pub fn get(&self, pipeline: &str, stage: &str) -> Option<StageView> {
-        self.stages
-            .get(&(pipeline.to_string(), stage.to_string()))
-            .map(|v| v.clone())
+        self.stages.get(&key(pipeline, stage)).map(|v| v.clone())
     }
 
     /// Calls `f` with one stage's view, if the stage is on the board, without copying it
@@ -236,9 +239,7 @@ impl StageBoard {
         stage: &str,
         f: impl FnOnce(&StageView) -> R,
     ) -> Option<R> {
-        self.stages
-            .get(&(pipeline.to_string(), stage.to_string()))
-            .map(|v| f(&v))
+        self.stages.get(&key(pipeline, stage)).map(|v| f(&v))
     }
 
     /// Calls `f` with every stage in turn (each shard locked for reading meanwhile).
@@ -257,7 +258,7 @@ mod tests {
         ScoredBucket {
             pipeline: "p".into(),
             stage: stage.into(),
-            metric: metric.into(),
+            metric: metric.to_string().into(),
             detector: "ewma",
             bucket_start: start,
             bucket_end: start + 60_000,
@@ -321,7 +322,7 @@ mod tests {
         board.add_scores(&[row("a", "records", 0, true, false)], Some(&mine));
         board.add_scores(&[row("b", "records", 0, true, false)], Some(&other));
         let gone = board.forget_owner(&mine);
-        assert_eq!(gone, vec![("p".to_string(), "a".to_string())]);
+        assert_eq!(gone, vec![("p".into(), "a".into())]);
         assert!(board.get("p", "a").is_none());
         assert!(board.get("p", "b").is_some());
     }
