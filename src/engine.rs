@@ -133,10 +133,10 @@ pub struct ScoredBucket {
 #[derive(Debug, Default)]
 pub struct Outputs {
     pub alerts: Vec<Alert>,
-    /// Filled only when the engine was built with scores enabled.
+    /// The rows the engine was built to report ([`ScoreRows`]).
     pub scores: Vec<ScoredBucket>,
     /// Stages forgotten after `stages.idle_timeout`, as (pipeline, stage); filled only
-    /// with scores enabled, for whoever keeps a view of the stages built from them.
+    /// when rows are reported, for whoever keeps a view of the stages built from them.
     pub forgotten: Vec<(String, String)>,
 }
 
