@@ -38,7 +38,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay(args) if args.serve => {
-            runtime()?.block_on(replay::serve(settings()?, args))?;
+            let settings = settings()?;
+            serving(|runtime| runtime.block_on(replay::serve(settings, args)))?;
             Ok(())
         }
         Command::Replay(ref args) => {
@@ -48,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             let settings = settings()?;
-            let counters = runtime()?.block_on(service::serve(settings, args))?;
+            let counters = serving(|runtime| runtime.block_on(service::serve(settings, args)))?;
             eprintln!("{}", service::summary(&counters));
             Ok(())
         }
@@ -56,11 +57,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The runtime of the commands that serve HTTP: the engines run on their own blocking
-/// thread, so two workers carry the HTTP server and signals with room to spare.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs a command that serves HTTP on a runtime of its own: the engines run on their own
+/// blocking thread, so two workers carry the HTTP server and signals with room to spare.
+///
+/// The command has bounded its own stop (`kafka.shutdown_timeout`); what it gave up
+/// waiting for, such as a consumer thread stuck in a commit to a broker that went away,
+/// must not hold the process: dropping a runtime waits for its blocking threads for ever.
+fn serving<T>(
+    command: impl FnOnce(&tokio::runtime::Runtime) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
+        .build()?;
+    let result = command(&runtime);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }

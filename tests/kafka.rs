@@ -17,7 +17,9 @@ use pipewatch::config::{KafkaSettings, Settings};
 use pipewatch::simulate::{FaultLabel, FaultPlan, Pace, SimOptions, Simulation};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, Producer, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -175,8 +177,11 @@ impl Pipewatch {
         std::fs::write(
             &config,
             format!(
-                "[http]\nlisten = \"{http}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\n[kafka.properties]\n{properties}\n{more_config}",
-                kafka.brokers, kafka.group_id, kafka.topics
+                "[http]\nlisten = \"{http}\"\n[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ntopics = {:?}\nshutdown_timeout = \"{}\"\n[kafka.properties]\n{properties}\n{more_config}",
+                kafka.brokers,
+                kafka.group_id,
+                kafka.topics,
+                humantime::format_duration(kafka.shutdown_timeout)
             ),
         )
         .expect("config written");
@@ -230,11 +235,20 @@ impl Pipewatch {
 
     /// SIGTERM, and the exit status within `within`.
     fn terminate(&mut self, within: Duration) -> ExitStatus {
+        self.send_sigterm();
+        self.exit_status(within)
+    }
+
+    fn send_sigterm(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
+    }
+
+    /// The exit status, once it has stopped, within `within`.
+    fn exit_status(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -721,6 +735,94 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
         );
     }
     println!("{sent} events, {during} processed when the connection was cut for 5 s, all processed after");
+}
+
+#[test]
+fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut kafka = broker.kafka("pipewatch-stop-outage");
+    kafka.shutdown_timeout = Duration::from_secs(3);
+    let log = dir.path().join("offsets.log");
+    let mut pw = Pipewatch::start(
+        dir.path(),
+        "stop-outage",
+        &kafka,
+        &["--offsets-log", log.to_str().unwrap()],
+    );
+    wait_until("the assignment", Duration::from_secs(60), || {
+        pw.last_assignment().is_some()
+    });
+    let stop_producing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = std::thread::spawn({
+        let (kafka, stop) = (kafka.clone(), Arc::clone(&stop_producing));
+        move || {
+            let mut sim = Simulation::new(SimOptions {
+                seed: 15,
+                start: chrono::Utc::now() - chrono::Duration::days(1),
+                duration: Duration::from_secs(86_400),
+                ..SimOptions::default()
+            })
+            .expect("valid options");
+            let producer: ThreadedProducer<DefaultProducerContext> =
+                pipewatch::kafka::client_config(&kafka)
+                    .create()
+                    .expect("producer");
+            for event in sim.keyed_events() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let record = BaseRecord::to(EVENTS).key(&event.key).payload(&event.json);
+                // Events go on arriving up to the moment the broker goes away.
+                let _ = producer.send(record);
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            // The broker is away by now: what it did not take is dropped.
+            producer.purge(PurgeConfig::default().queue().inflight());
+        }
+    });
+    wait_until("processing to start", Duration::from_secs(30), || {
+        processed_offsets(&log).len() > 1_000
+    });
+
+    // The broker goes away as the stop begins: the last commit goes to a broker that is
+    // shutting down, and librdkafka waits for its answer without a deadline (before the
+    // stop was bounded, the process waited for that thread for ever). The stop gives up
+    // after kafka.shutdown_timeout, says so, and the process ends.
+    let broker_pid = std::fs::read_to_string(
+        std::env::var_os("TANSU_HOME")
+            .map_or_else(|| repo().join("scripts/.tansu"), PathBuf::from)
+            .join(format!("run/tansu-{}.pid", broker.port)),
+    )
+    .expect("broker.sh's pid file");
+    // Both at once, as Ctrl-C does to a terminal's foreground processes.
+    let signalled = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "kill -TERM {}; kill -INT {}",
+            pw.child.id(),
+            broker_pid.trim()
+        ))
+        .status()
+        .expect("sh runs");
+    assert!(signalled.success());
+    let status = pw.exit_status(kafka.shutdown_timeout + Duration::from_secs(10));
+    stop_producing.store(true, std::sync::atomic::Ordering::Relaxed);
+    producing.join().expect("producer thread");
+    let gave_up = pw.logged("did not stop within kafka.shutdown_timeout") > 0;
+    assert!(
+        status.success() || gave_up,
+        "a clean stop, or one that says what it left: {status}"
+    );
+    println!(
+        "stopped as the broker went away: {}",
+        if gave_up {
+            "gave up on the last commit after kafka.shutdown_timeout"
+        } else {
+            "cleanly"
+        }
+    );
 }
 
 /// Events of one stage every 100 ms from `from_ms` (inclusive) to `to_ms` (exclusive),
