@@ -50,6 +50,12 @@ pub struct SimulateArgs {
     #[arg(long, value_enum, default_value_t = FaultsChoice::Default)]
     pub faults: FaultsChoice,
 
+    /// Place the plan's faults in the first this much of the period, e.g. 2d: with
+    /// `--start now-2d --duration 3d --realtime`, two days of history hold every fault and
+    /// the live events that carry on from them (the same runs, no seam) hold none.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub faults_within: Option<Duration>,
+
     /// Deliver each event up to this much later than its timestamp order, e.g. 30s.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub disorder: Duration,
@@ -103,6 +109,7 @@ impl SimulateArgs {
                 FaultsChoice::Default => FaultPlan::Default,
                 FaultsChoice::Flow => FaultPlan::Flow,
             },
+            faults_within: self.faults_within,
             disorder: self.disorder,
             timestamp_format: self.timestamp_format,
             correlation_ids: !self.no_correlation_ids,

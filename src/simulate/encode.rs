@@ -73,7 +73,7 @@ pub(crate) fn format_rfc3339_ms(buf: &mut String, ms: i64) {
 }
 
 /// Appends a UUID-shaped id. Its last 64 bits are a bijection of the event key, so ids never
-/// collide within a simulation; the seed makes them differ between simulations.
+/// collide within a simulation; the seed and the start make them differ between simulations.
 fn format_event_id(buf: &mut String, seed_salt: u64, key: u64) {
     let hi = mix64(key ^ seed_salt.rotate_left(17));
     let lo = mix64(key.wrapping_add(seed_salt));
@@ -157,15 +157,19 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
+    /// `start_ms`: the simulation's start. Event keys count runs from it, so a simulation
+    /// that carries on where another ended (history, then live) would repeat the other's
+    /// ids, and a consumer would drop its events as duplicates.
     pub(crate) fn new(
         topo: Arc<Topology>,
         seed: u64,
+        start_ms: i64,
         format: TimestampFormat,
         correlation_ids: bool,
     ) -> Self {
         Encoder {
             topo,
-            seed_salt: mix64(seed ^ ID_SALT),
+            seed_salt: mix64(seed ^ ID_SALT ^ mix64(start_ms as u64)),
             format,
             correlation_ids,
             ts_buf: String::with_capacity(32),

@@ -83,6 +83,10 @@ pub struct SimOptions {
     pub pipelines: usize,
     /// Which faults to inject.
     pub faults: FaultPlan,
+    /// Where the default and flow plans place their faults: in the first this much of the
+    /// period (all of it when none), so that history can hold them and live events after
+    /// it none, in one simulation whose runs carry on across the two.
+    pub faults_within: Option<Duration>,
     /// Each event is delivered up to this much later than its place in timestamp order.
     pub disorder: Duration,
     /// Form of the `timestamp` field.
@@ -102,6 +106,7 @@ impl Default for SimOptions {
             duration: Duration::from_secs(86_400),
             pipelines: 4,
             faults: FaultPlan::Default,
+            faults_within: None,
             disorder: Duration::ZERO,
             timestamp_format: TimestampFormat::Rfc3339,
             correlation_ids: true,
@@ -212,11 +217,20 @@ impl Simulation {
         let start_ms = opts.start.timestamp_millis();
         let end_ms = end.timestamp_millis();
 
+        let faults_end_ms = match opts.faults_within {
+            Some(within) => {
+                ensure!(!within.is_zero(), "faults_within must not be zero");
+                let within_ms = i64::try_from(within.as_millis()).unwrap_or(i64::MAX);
+                end_ms.min(start_ms.saturating_add(within_ms))
+            }
+            None => end_ms,
+        };
+
         let topo = Topology::build(opts.pipelines, &mut seeded(opts.seed, stream::TOPOLOGY));
         let specs = match &opts.faults {
             FaultPlan::None => Vec::new(),
-            FaultPlan::Default => default_plan(&topo, opts.start, end_ms, opts.seed),
-            FaultPlan::Flow => flow_plan(&topo, opts.start, end_ms, opts.seed),
+            FaultPlan::Default => default_plan(&topo, opts.start, faults_end_ms, opts.seed),
+            FaultPlan::Flow => flow_plan(&topo, opts.start, faults_end_ms, opts.seed),
             FaultPlan::Explicit(specs) => specs.clone(),
         };
         let faults = FaultSet::resolve(&specs, &topo, opts.seed)?;
@@ -366,6 +380,7 @@ impl Simulation {
         Encoder::new(
             Arc::clone(&self.topo),
             self.opts.seed,
+            self.start_ms,
             self.opts.timestamp_format,
             self.opts.correlation_ids,
         )
