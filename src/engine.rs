@@ -165,6 +165,9 @@ struct Stage {
     /// The stage's key in the data-flow tracker, once an event with a correlation id
     /// asked for it.
     flow_key: Option<StageKey>,
+    /// The slots of its data-flow metrics, by [`FlowMetric::index`] (`u16::MAX` until
+    /// the first figure).
+    flow_slots: [u16; FlowMetric::COUNT],
 }
 
 /// A metric of a stage beyond the built-ins.
@@ -512,23 +515,27 @@ impl Engine {
     pub fn advance_clock(&mut self, now_ms: i64, out: &mut Outputs) {
         if self.watermark_ms.is_some_and(|wm| now_ms > wm) {
             self.advance_watermark(now_ms, out);
-        } else if let Some((flow, source)) = &self.flow {
+        } else {
             // A partition with nothing in it is caught up too: it must not hold the
             // data-flow clock back for ever.
-            crate::flow::lock(flow).advance(*source, now_ms, &mut out.alerts);
-            self.take_flow_figures();
+            self.advance_flow(now_ms, out);
         }
     }
 
-    /// Takes the data-flow figures of this engine's stages into their buckets. A figure
+    /// Tells the data-flow tracker that this engine's event time is `now_ms`, and takes
+    /// the figures it settled for this engine's stages into their buckets. A figure
     /// whose bucket has closed already, or whose stage was forgotten, is counted
     /// (`flow_figures_late`) and dropped.
-    fn take_flow_figures(&mut self) {
+    fn advance_flow(&mut self, now_ms: i64, out: &mut Outputs) {
         let Some((flow, source)) = &self.flow else {
             return;
         };
         let mut figures = std::mem::take(&mut self.flow_figures);
-        crate::flow::lock(flow).take_settled(*source, &mut figures);
+        {
+            let mut tracker = crate::flow::lock(flow);
+            tracker.advance(*source, now_ms, &mut out.alerts);
+            tracker.take_settled(*source, &mut figures);
+        }
         for f in figures.drain(..) {
             let bucket = f.end_ms.div_euclid(self.bucket_ms);
             // The tag is the stage's index when it last reported; forgetting a stage
@@ -606,6 +613,7 @@ impl Engine {
             gaps: GapTracker::new(event.timestamp_ms),
             silence: Track::Idle,
             flow_key: None,
+            flow_slots: [u16::MAX; FlowMetric::COUNT],
         }
     }
 
@@ -652,15 +660,13 @@ impl Engine {
 
     /// The slot of data-flow metric `metric` in stage `index`, created if new.
     fn flow_slot(&mut self, index: usize, metric: FlowMetric) -> u16 {
-        let stage = &self.stages[index];
-        let found = stage
-            .extra
-            .iter()
-            .position(|e| matches!(e, Extra::Flow(m) if *m == metric));
-        match found {
-            Some(i) => (BUILTIN_SLOTS + i) as u16,
-            None => self.add_extra(index, Extra::Flow(metric)),
+        let known = self.stages[index].flow_slots[metric.index()];
+        if known != u16::MAX {
+            return known;
         }
+        let slot = self.add_extra(index, Extra::Flow(metric));
+        self.stages[index].flow_slots[metric.index()] = slot;
+        slot
     }
 
     fn add_extra(&mut self, index: usize, extra: Extra) -> u16 {
@@ -685,12 +691,9 @@ impl Engine {
         self.watermark_ms = Some(ts.max(previous));
         // Run deadlines are minutes long: telling the tracker once a second of event
         // time is soon enough, and spares a lock per event.
-        if let Some((flow, source)) = &self.flow {
-            if ts >= self.flow_clock_ms.saturating_add(1000) {
-                self.flow_clock_ms = ts;
-                crate::flow::lock(flow).advance(*source, ts, &mut out.alerts);
-                self.take_flow_figures();
-            }
+        if self.flow.is_some() && ts >= self.flow_clock_ms.saturating_add(1000) {
+            self.flow_clock_ms = ts;
+            self.advance_flow(ts, out);
         }
         let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
         // After a jump far ahead (a long gap in the data), close the buckets that hold

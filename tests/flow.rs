@@ -241,6 +241,54 @@ fn a_failure_alerts_unless_a_retry_succeeds() {
 }
 
 #[test]
+fn a_run_stuck_on_one_branch_and_failed_on_another_alerts_both_in_deadline_order() {
+    // `a` feeds `b` and `c`. Run 20 fails at `b` 45 s after `a` ended, with no retry,
+    // and never reaches `c`: stuck on a→c two minutes (stuck_min) after `a` ended, and
+    // failed at `b` two minutes after its failure, which is later. A run is checked
+    // once for the earliest of its deadlines, then again for the next.
+    let mut p = Pipeline::new(&[]);
+    let send = |p: &mut Pipeline, n: i64, stage: &str, end: i64, status: &str| {
+        let upstream = if stage == "a" {
+            ""
+        } else {
+            r#","upstream":["a"]"#
+        };
+        p.send(format!(
+            r#"{{"pipeline":"p","stage":"{stage}","timestamp":{end},"correlation_id":"run-{n}","duration_ms":1000,"status":"{status}","records_in":10,"records_out":10{upstream}}}"#
+        ));
+    };
+    for n in 0..26 {
+        let a_end = T0 + n * MINUTE + 5_000;
+        send(&mut p, n, "a", a_end, "success");
+        if n == 20 {
+            send(&mut p, n, "b", a_end + 45_000, "failure");
+        } else {
+            send(&mut p, n, "b", a_end + 3_000, "success");
+            send(&mut p, n, "c", a_end + 3_000, "success");
+        }
+    }
+    let flow: Vec<_> = p
+        .alerts
+        .iter()
+        .filter(|a| a.kind == "stuck_run" || a.kind == "failed_run")
+        .collect();
+    let seen: Vec<_> = flow.iter().map(|a| (a.kind, &*a.stage, a.status)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("stuck_run", "c", AlertStatus::Firing),
+            ("failed_run", "b", AlertStatus::Firing),
+            // The runs after it, in time and successful, resolve both.
+            ("stuck_run", "c", AlertStatus::Resolved),
+            ("failed_run", "b", AlertStatus::Resolved),
+        ],
+        "{flow:?}"
+    );
+    assert!(flow[..2].iter().all(|a| a.correlation_ids == ["run-20"]));
+    assert_eq!(flow[0].labels["upstream_stage"], "a");
+}
+
+#[test]
 fn a_slower_hop_alerts_as_latency_on_its_delay_metric() {
     let mut p = Pipeline::new(&[]);
     for n in 0..60 {

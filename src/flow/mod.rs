@@ -72,6 +72,16 @@ pub enum FlowMetric {
 }
 
 impl FlowMetric {
+    pub const COUNT: usize = 2;
+
+    /// Its place in per-metric arrays (below [`FlowMetric::COUNT`]).
+    pub fn index(self) -> usize {
+        match self {
+            FlowMetric::HopDelay => 0,
+            FlowMetric::E2eLatency => 1,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             FlowMetric::HopDelay => "hop_delay",
@@ -93,8 +103,8 @@ pub struct SettledFigure {
     pub value: f64,
 }
 
-/// Deadlines longer than this are not watched: a hop that takes days is not a hop a
-/// run can be "stuck" on in any useful sense, and entries must not pile up for ever.
+/// Deadlines are cut to this: a hop that takes longer is not a hop a run can be
+/// "stuck" on in any useful sense, and checks must not wait for ever.
 const MAX_DEADLINE_MS: i64 = 7 * 24 * 3_600_000;
 
 /// Which lifecycle of a stage: index into `FlowStage::tracks`.
@@ -133,6 +143,9 @@ struct Run {
     /// The lineage edges this run counts for (see [`relearn`]).
     edges: Vec<(u16, u16)>,
     last_ms: i64,
+    /// When its check is due (`i64::MAX`: none is). A run has one check in
+    /// [`FlowTracker::checks`] at a time, for the earliest of its deadlines.
+    check_ms: i64,
 }
 
 /// A run, as queues and checks refer to it: a slot and the serial of the run that held
@@ -142,15 +155,6 @@ struct Run {
 struct RunRef {
     serial: u64,
     slot: u32,
-}
-
-/// Something to check at a moment of event time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Check {
-    /// Has the run reached stage `to`, after leaving `from`?
-    Arrival { run: RunRef, from: u16, to: u16 },
-    /// Has the run succeeded at `stage` since failing there?
-    Recovery { run: RunRef, stage: u16 },
 }
 
 /// Where one source of events (an engine) is in event time.
@@ -262,7 +266,9 @@ pub struct FlowTracker {
     /// Live runs, oldest first (and references to forgotten ones, skipped).
     order: VecDeque<RunRef>,
     next_serial: u64,
-    checks: BinaryHeap<Reverse<(i64, Check)>>,
+    /// Runs to check at a moment of event time (see [`FlowTracker::check`]); a run
+    /// whose `check_ms` has moved since is skipped.
+    checks: BinaryHeap<Reverse<(i64, RunRef)>>,
     lateness_ms: i64,
     sources: Vec<Source>,
     /// The slowest source's watermark.
@@ -271,6 +277,7 @@ pub struct FlowTracker {
     /// Buffers reused from call to call.
     scratch_edges: Vec<(u16, u16)>,
     scratch_walk: Vec<u16>,
+    scratch_findings: Vec<(u16, Finding, i64)>,
 }
 
 impl FlowTracker {
@@ -301,6 +308,7 @@ impl FlowTracker {
             stats: FlowStats::default(),
             scratch_edges: Vec::new(),
             scratch_walk: Vec::new(),
+            scratch_findings: Vec::new(),
         }
     }
 
@@ -424,12 +432,6 @@ impl FlowTracker {
             .filter(|r| r.serial == run.serial)
     }
 
-    fn run_mut(&mut self, run: RunRef) -> Option<&mut Run> {
-        self.runs
-            .get_mut(run.slot as usize)
-            .filter(|r| r.serial == run.serial)
-    }
-
     /// The run of `correlation_id` in `pipeline`, started if new.
     fn run_of(&mut self, pipeline: u32, correlation_id: &str, ts_ms: i64) -> RunRef {
         let hash = self.hasher.hash_one(correlation_id);
@@ -465,6 +467,7 @@ impl FlowTracker {
         r.visits.clear();
         r.edges.clear();
         r.last_ms = ts_ms;
+        r.check_ms = i64::MAX;
         let runs = &self.runs;
         self.by_correlation
             .insert_unique(hash, slot, |&s| runs[s as usize].hash);
@@ -528,13 +531,8 @@ impl FlowTracker {
                 r.visits.push(visit);
                 if attempt {
                     if visit.status == Status::Failure {
-                        let wait = settings.stuck_min.as_millis() as i64;
-                        if let Some(due) =
-                            check_due(&self.checks, settings.max_runs, visit.end_ms, wait)
-                        {
-                            self.checks
-                                .push(Reverse((due, Check::Recovery { run, stage })));
-                        }
+                        let due = visit.end_ms.saturating_add(deadline_ms(settings, 0.0));
+                        schedule(&mut self.checks, settings.max_runs, r, run, due);
                     }
                     return;
                 }
@@ -549,26 +547,14 @@ impl FlowTracker {
             queue.push_back((visit.end_ms + self.lateness_ms, run, stage));
         }
 
-        // Deadlines for the stages this one feeds that the run has not reached.
+        // The deadlines of the stages this one feeds that the run has not reached.
+        let mut due = i64::MAX;
         for &to in p.downstream(stage) {
-            if r.visits.iter().any(|v| v.stage == to) {
-                continue;
-            }
-            let Some(hop) = p.hop(stage, to).filter(|h| h.carried >= self.min_runs) else {
-                continue;
-            };
-            let deadline = deadline_ms(settings, hop.p95_ms());
-            if let Some(due) = check_due(&self.checks, settings.max_runs, visit.end_ms, deadline) {
-                self.checks.push(Reverse((
-                    due,
-                    Check::Arrival {
-                        run,
-                        from: stage,
-                        to,
-                    },
-                )));
+            if !r.visits.iter().any(|v| v.stage == to) {
+                due = due.min(arrival_due(settings, self.min_runs, p, &visit, to));
             }
         }
+        schedule(&mut self.checks, settings.max_runs, r, run, due);
 
         if visit.status == Status::Success {
             let key = StageKey {
@@ -722,12 +708,12 @@ impl FlowTracker {
                 self.settle(run, stage, alerts);
             }
         }
-        while let Some(&Reverse((due, check))) = self.checks.peek() {
+        while let Some(&Reverse((due, run))) = self.checks.peek() {
             if due > now {
                 break;
             }
             self.checks.pop();
-            self.run_check(check, due, alerts);
+            self.check(run, due, alerts);
         }
         let ttl = self.settings.run_ttl.as_millis() as i64;
         while let Some(&run) = self.order.front() {
@@ -745,50 +731,72 @@ impl FlowTracker {
         }
     }
 
-    fn run_check(&mut self, check: Check, due_ms: i64, alerts: &mut Vec<Alert>) {
-        match check {
-            Check::Arrival { run, from, to } => {
-                let Some(r) = self.run_mut(run) else {
-                    return;
-                };
-                if r.visits.iter().any(|v| v.stage == to) {
-                    return;
-                }
-                let Some(left) = r.visits.iter_mut().find(|v| v.stage == from) else {
-                    return;
-                };
-                if left.reported {
-                    return;
-                }
-                left.reported = true;
-                let left_ms = left.end_ms;
-                let key = StageKey {
-                    pipeline: r.pipeline,
-                    stage: to,
-                };
-                self.stats.stuck_runs += 1;
-                self.judge(run, key, Finding::Stuck { from, left_ms }, due_ms, alerts);
+    /// The check of `run` due at `due_ms`: a stage it left and whose downstream stage
+    /// it has not reached by the hop's deadline is a stuck run; a failure with no success
+    /// since, `flow.stuck_min` later, a failed run. What falls due later is checked again
+    /// then, so alerts come in the order of their deadlines, whatever the run.
+    fn check(&mut self, run: RunRef, due_ms: i64, alerts: &mut Vec<Alert>) {
+        let settings = &self.settings;
+        let Some(r) = self
+            .runs
+            .get_mut(run.slot as usize)
+            .filter(|r| r.serial == run.serial && r.check_ms == due_ms)
+        else {
+            return;
+        };
+        r.check_ms = i64::MAX;
+        let p = &self.pipelines[r.pipeline as usize];
+        let mut found = std::mem::take(&mut self.scratch_findings);
+        let mut next = i64::MAX;
+        for i in 0..r.visits.len() {
+            let v = r.visits[i];
+            if v.reported {
+                continue;
             }
-            Check::Recovery { run, stage } => {
-                let Some(r) = self.run_mut(run) else {
-                    return;
-                };
-                let Some(v) = r.visits.iter_mut().find(|v| v.stage == stage) else {
-                    return;
-                };
-                if v.status != Status::Failure || v.reported {
-                    return;
+            if v.status == Status::Failure {
+                let due = v.end_ms.saturating_add(deadline_ms(settings, 0.0));
+                if due <= due_ms {
+                    r.visits[i].reported = true;
+                    self.stats.failed_runs += 1;
+                    found.push((v.stage, Finding::Failed, v.end_ms));
+                } else {
+                    next = next.min(due);
                 }
-                v.reported = true;
-                let end_ms = v.end_ms;
-                let key = StageKey {
-                    pipeline: r.pipeline,
-                    stage,
-                };
-                self.stats.failed_runs += 1;
-                self.judge(run, key, Finding::Failed, end_ms, alerts);
+                continue;
+            }
+            if is_attempt(&v) {
+                continue;
+            }
+            for &to in p.downstream(v.stage) {
+                if r.visits.iter().any(|w| w.stage == to) {
+                    continue;
+                }
+                let due = arrival_due(settings, self.min_runs, p, &v, to);
+                if due <= due_ms {
+                    // Once per stage left: the run is stuck there, however many
+                    // stages it feeds.
+                    r.visits[i].reported = true;
+                    self.stats.stuck_runs += 1;
+                    let left_ms = v.end_ms;
+                    found.push((
+                        to,
+                        Finding::Stuck {
+                            from: v.stage,
+                            left_ms,
+                        },
+                        due,
+                    ));
+                    break;
+                }
+                next = next.min(due);
             }
         }
+        let pipeline = r.pipeline;
+        schedule(&mut self.checks, settings.max_runs, r, run, next);
+        for (stage, finding, at_ms) in found.drain(..) {
+            self.judge(run, StageKey { pipeline, stage }, finding, at_ms, alerts);
+        }
+        self.scratch_findings = found;
     }
 
     /// Passes what `run` showed at `stage` (at `at_ms`, which places it in a bucket) to
@@ -1068,7 +1076,7 @@ impl FlowTracker {
             .sum::<usize>()
             + self.by_correlation.capacity() * (std::mem::size_of::<u32>() + 1)
             + self.order.capacity() * std::mem::size_of::<RunRef>()
-            + self.checks.len() * std::mem::size_of::<Reverse<(i64, Check)>>()
+            + self.checks.len() * std::mem::size_of::<Reverse<(i64, RunRef)>>()
     }
 
     pub fn lineage_heap_bytes(&self) -> usize {
@@ -1084,18 +1092,39 @@ fn deadline_ms(settings: &FlowSettings, p95_ms: f64) -> i64 {
         .min(MAX_DEADLINE_MS as f64) as i64
 }
 
-/// When a check made at `from_ms` for `after_ms` is due, if it is worth making.
-fn check_due(
-    checks: &BinaryHeap<Reverse<(i64, Check)>>,
-    max_runs: usize,
-    from_ms: i64,
-    after_ms: i64,
-) -> Option<i64> {
-    // Bounded like the runs: a flood of checks for runs long gone is not kept.
-    if after_ms > MAX_DEADLINE_MS || checks.len() >= 4 * max_runs {
-        return None;
+/// When a run that left `left` is due at `to`: never while the hop has not carried
+/// enough runs to know its usual delay.
+fn arrival_due(
+    settings: &FlowSettings,
+    min_runs: u32,
+    p: &PipelineFlow,
+    left: &Visit,
+    to: u16,
+) -> i64 {
+    match p.hop(left.stage, to) {
+        Some(hop) if hop.carried >= min_runs => left
+            .end_ms
+            .saturating_add(deadline_ms(settings, hop.p95_ms())),
+        _ => i64::MAX,
     }
-    Some(from_ms.saturating_add(after_ms))
+}
+
+/// Has `run` checked by `due_ms` at the latest: one check per run waits in `checks`, for
+/// the earliest of its deadlines (none for `i64::MAX`).
+fn schedule(
+    checks: &mut BinaryHeap<Reverse<(i64, RunRef)>>,
+    max_runs: usize,
+    r: &mut Run,
+    run: RunRef,
+    due_ms: i64,
+) {
+    // Bounded like the runs: checks superseded by earlier ones wait in the queue
+    // until they fall due, and must not pile up.
+    if due_ms >= r.check_ms || checks.len() >= 4 * max_runs {
+        return;
+    }
+    r.check_ms = due_ms;
+    checks.push(Reverse((due_ms, run)));
 }
 
 /// Counts what this run says of the lineage into `stage`, whose visit has settled: a
