@@ -288,16 +288,21 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Two simulated days with one fault of each kind; returns the labels and the event count.
-fn produce_simulation(kafka: &KafkaSettings, seed: u64) -> (Vec<FaultLabel>, u64) {
-    let mut sim = Simulation::new(SimOptions {
+/// The last `days` days up to now, simulated with one fault of each kind.
+fn recent_simulation(days: u64, seed: u64) -> Simulation {
+    Simulation::new(SimOptions {
         seed,
-        start: chrono::Utc::now() - chrono::Duration::days(2),
-        duration: Duration::from_secs(2 * 86_400),
+        start: chrono::Utc::now() - chrono::Duration::days(days as i64),
+        duration: Duration::from_secs(days * 86_400),
         faults: FaultPlan::Default,
         ..SimOptions::default()
     })
-    .expect("valid options");
+    .expect("valid options")
+}
+
+/// Two simulated days; returns the fault labels and the event count.
+fn produce_simulation(kafka: &KafkaSettings, seed: u64) -> (Vec<FaultLabel>, u64) {
+    let mut sim = recent_simulation(2, seed);
     let sent = pipewatch::simulate::produce(&mut sim, kafka, EVENTS, Pace::default())
         .expect("events produced");
     (sim.labels(), sent)
@@ -686,13 +691,7 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
     let producing = std::thread::spawn({
         let kafka = kafka.clone();
         move || {
-            let mut sim = Simulation::new(SimOptions {
-                seed: 14,
-                start: chrono::Utc::now() - chrono::Duration::days(1),
-                duration: Duration::from_secs(86_400),
-                ..SimOptions::default()
-            })
-            .expect("valid options");
+            let mut sim = recent_simulation(1, 14);
             let pace = Pace {
                 rate: Some(8_000.0),
                 realtime: false,
@@ -758,13 +757,7 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
     let producing = std::thread::spawn({
         let (kafka, stop) = (kafka.clone(), Arc::clone(&stop_producing));
         move || {
-            let mut sim = Simulation::new(SimOptions {
-                seed: 15,
-                start: chrono::Utc::now() - chrono::Duration::days(1),
-                duration: Duration::from_secs(86_400),
-                ..SimOptions::default()
-            })
-            .expect("valid options");
+            let mut sim = recent_simulation(1, 15);
             let producer: ThreadedProducer<DefaultProducerContext> =
                 pipewatch::kafka::client_config(&kafka)
                     .create()
