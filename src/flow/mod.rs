@@ -118,14 +118,33 @@ struct Visit {
     stage: u16,
     start_ms: i64,
     end_ms: i64,
-    records_in: Option<u64>,
-    records_out: Option<u64>,
-    records_rejected: Option<u64>,
+    records_in: Count,
+    records_out: Count,
+    records_rejected: Count,
     status: Status,
     /// Stuck or failed is reported once per run and stage.
     reported: bool,
     /// Its records were compared with its upstream stages' (once per run and stage).
     loss_checked: bool,
+}
+
+// Visits are scanned on every event of their run: they stay small.
+const _: () = assert!(std::mem::size_of::<Visit>() <= 48);
+
+/// A record count of a visit: an `Option<u64>` in 8 bytes rather than 16, for a run's
+/// visits are scanned on every event of the run (`u64::MAX` is none; a count that large
+/// is cut to one less).
+#[derive(Debug, Clone, Copy)]
+struct Count(u64);
+
+impl Count {
+    fn new(count: Option<u64>) -> Count {
+        Count(count.map_or(u64::MAX, |c| c.min(u64::MAX - 1)))
+    }
+
+    fn get(self) -> Option<u64> {
+        (self.0 != u64::MAX).then_some(self.0)
+    }
 }
 
 /// A run in its slot of [`FlowTracker::runs`]. A slot is reused once its run is
@@ -415,9 +434,9 @@ impl FlowTracker {
             stage: key.stage,
             start_ms,
             end_ms,
-            records_in: event.records_in,
-            records_out: event.records_out,
-            records_rejected: event.records_rejected,
+            records_in: Count::new(event.records_in),
+            records_out: Count::new(event.records_out),
+            records_rejected: Count::new(event.records_rejected),
             status: event.status,
             reported: false,
             loss_checked: false,
@@ -606,7 +625,7 @@ impl FlowTracker {
             };
             ready = ready.map(|latest| latest.max(up.end_ms));
             fed = fed
-                .zip(up.records_out)
+                .zip(up.records_out.get())
                 .map(|(sum, out)| sum.saturating_add(out));
             // Each hop's delays (upstream end to this end) train its stuck-run deadline;
             // a run that arrived within it ends a stuck alert.
@@ -657,7 +676,7 @@ impl FlowTracker {
             }
         }
 
-        let records = match (fed, visit.records_in) {
+        let records = match (fed, visit.records_in.get()) {
             (Some(fed), Some(read)) => {
                 r.visits[i].loss_checked = true;
                 Some(Finding::Records(Loss::new(&self.settings, fed, read)))
@@ -1014,7 +1033,7 @@ impl FlowTracker {
                         Some(HopTrace {
                             from: &p.stages[from as usize].name,
                             delay_ms: v.start_ms - up.end_ms,
-                            records_out: up.records_out,
+                            records_out: up.records_out.get(),
                         })
                     })
                     .collect();
@@ -1024,9 +1043,9 @@ impl FlowTracker {
                     end: v.end_ms,
                     duration_ms: v.end_ms - v.start_ms,
                     status: status_name(v.status),
-                    records_in: v.records_in,
-                    records_out: v.records_out,
-                    records_rejected: v.records_rejected,
+                    records_in: v.records_in.get(),
+                    records_out: v.records_out.get(),
+                    records_rejected: v.records_rejected.get(),
                     hops,
                 }
             })
