@@ -21,7 +21,11 @@ work=$(mktemp -d -t pipewatch-quickstart.XXXXXX)
 pids=()
 
 cleanup() {
-  trap - EXIT INT TERM
+  trap - EXIT
+  # A second Ctrl-C, or timeout(1) (which signals the script, then its whole group), must
+  # not cut the stop short and leave what it started running: the stop is bounded anyway
+  # (pipewatch gives up its last commit after kafka.shutdown_timeout at the latest).
+  trap '' INT TERM
   echo
   echo "== stopping"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -65,6 +69,9 @@ $email_config
 [kafka]
 brokers = "127.0.0.1:$PORT"
 group_id = "pipewatch-quickstart"
+# Ctrl-C stops the broker too, so the last commit may get no answer: pipewatch waits a
+# third of this for it. A local broker answers in milliseconds.
+shutdown_timeout = "6s"
 
 [kafka.properties]
 # Tansu delays a group join by half the session timeout: keep it short locally.

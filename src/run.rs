@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -69,6 +69,12 @@ const CLOCK_EVERY: u32 = 64;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the broker's answer about committed offsets and timestamps.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// At a stop, longest wait for the sink's deliveries, then for the broker's answer to the
+/// last commit (each at most a third of `kafka.shutdown_timeout`, so the stop ends within
+/// it). librdkafka waits for a commit's answer without a deadline, and a broker that goes
+/// away as the stop begins (Ctrl-C in a terminal running both) may never give one; the
+/// offsets since the previous commit are then read again after the restart.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
@@ -121,6 +127,15 @@ impl PartitionTask {
     fn is(&self, topic: &str, partition: i32) -> bool {
         self.owner.partition == partition && *self.owner.topic == *topic
     }
+}
+
+/// What a commit would send, decided before sending it.
+enum CommitPlan {
+    /// Every processed offset is committed already.
+    Nothing,
+    /// Not now: what the offsets cover is not all delivered (or logged) yet.
+    Held,
+    Offsets(TopicPartitionList),
 }
 
 /// Everything the consume loop and the rebalance callback share.
@@ -522,6 +537,19 @@ impl Worker {
 
     /// Commits what was processed, once everything it caused is delivered.
     fn commit(&mut self, consumer: &BaseConsumer<ServiceContext>) -> bool {
+        match self.plan_commit(FLUSH_TIMEOUT) {
+            CommitPlan::Nothing => true,
+            CommitPlan::Held => false,
+            CommitPlan::Offsets(offsets) => {
+                let result = consumer.commit(&offsets, CommitMode::Sync);
+                self.record_commit(Some(result), offsets.count())
+            }
+        }
+    }
+
+    /// The offsets to commit now: those processed since the last commit, once the
+    /// alerts and dead letters they caused are delivered (waiting `flush_timeout` for them).
+    fn plan_commit(&mut self, flush_timeout: Duration) -> CommitPlan {
         self.last_commit = Instant::now();
         let mut offsets = TopicPartitionList::new();
         for task in &self.tasks {
@@ -539,32 +567,31 @@ impl Worker {
             }
         }
         if offsets.count() == 0 {
-            return true;
+            return CommitPlan::Nothing;
         }
         if let Some(log) = self.offsets_log.as_mut() {
             if let Err(err) = log.flush() {
                 tracing::error!(error = %err, "cannot write the offsets log; not committing");
-                return false;
+                return CommitPlan::Held;
             }
         }
-        let started = Instant::now();
-        if !self.sink.flush(FLUSH_TIMEOUT) {
+        if !self.sink.flush(flush_timeout) {
             tracing::warn!(
                 in_flight = self.sink.in_flight(),
                 "alerts or dead letters not yet delivered; offsets stay uncommitted"
             );
             self.counters.commits_failed += 1;
-            return false;
+            return CommitPlan::Held;
         }
-        let flushed = started.elapsed();
-        match consumer.commit(&offsets, CommitMode::Sync) {
-            Ok(()) => {
-                tracing::debug!(
-                    partitions = offsets.count(),
-                    ?flushed,
-                    total = ?started.elapsed(),
-                    "committed"
-                );
+        CommitPlan::Offsets(offsets)
+    }
+
+    /// The broker's answer to a commit of `partitions` partitions' offsets (none: no
+    /// answer in time).
+    fn record_commit(&mut self, result: Option<KafkaResult<()>>, partitions: usize) -> bool {
+        match result {
+            Some(Ok(())) => {
+                tracing::debug!(partitions, "committed");
                 self.counters.commits += 1;
                 for task in &mut self.tasks {
                     if task.warm_until.is_none() {
@@ -573,9 +600,14 @@ impl Worker {
                 }
                 true
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 self.counters.commits_failed += 1;
                 tracing::warn!(error = %err, "offset commit failed; will retry");
+                false
+            }
+            None => {
+                self.counters.commits_failed += 1;
+                tracing::warn!("no answer to the offset commit in time");
                 false
             }
         }
@@ -735,13 +767,16 @@ pub fn consume(
 ) -> anyhow::Result<RunCounters> {
     let worker = Worker::new(settings, args, progress, outlets)?;
     let sink_counters = Arc::clone(worker.sink.counters());
-    let consumer: BaseConsumer<ServiceContext> = consumer_config(&settings.kafka)
-        .create_with_context(ServiceContext {
-            worker: Mutex::new(worker),
-            brokers: Mutex::new(BrokerView::default()),
-            errors: AtomicU64::new(0),
-        })
-        .context("creating the Kafka consumer")?;
+    // Shared with the thread that sends the last commit (see `commit_within`).
+    let consumer: Arc<BaseConsumer<ServiceContext>> = Arc::new(
+        consumer_config(&settings.kafka)
+            .create_with_context(ServiceContext {
+                worker: Mutex::new(worker),
+                brokers: Mutex::new(BrokerView::default()),
+                errors: AtomicU64::new(0),
+            })
+            .context("creating the Kafka consumer")?,
+    );
     let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -784,13 +819,24 @@ pub fn consume(
         until_clock -= 1;
     }
     tracing::info!("stopping: committing processed offsets and leaving the group");
-    let committed = {
-        let mut worker = context.worker();
-        let committed = worker.commit(&consumer);
+    let wait = STOP_WAIT.min(settings.kafka.shutdown_timeout / 3);
+    let plan = context.worker().plan_commit(wait);
+    let committed = match plan {
+        CommitPlan::Nothing => true,
+        CommitPlan::Held => false,
+        CommitPlan::Offsets(offsets) => {
+            let partitions = offsets.count();
+            // Not under the worker's lock: nothing else needs it now, but a commit that
+            // gets no answer must not hold it.
+            let result = commit_within(&consumer, offsets, wait);
+            context.worker().record_commit(result, partitions)
+        }
+    };
+    {
+        let worker = context.worker();
         let brokers = context.brokers().clone();
         worker.report(&consumer, &brokers, false);
-        committed
-    };
+    }
     if !committed {
         tracing::warn!("the last commit failed; events since the previous one will be read again");
     }
@@ -804,6 +850,37 @@ pub fn consume(
         "stopped"
     );
     Ok(counters)
+}
+
+/// Commits `offsets` and waits for the broker's answer for `wait` at most (none when it
+/// did not come). The commit is sent from a thread of its own, which librdkafka may keep
+/// waiting after this returns: a commit with a deadline does not exist in librdkafka, and
+/// an asynchronous one reports nothing through rust-rdkafka's `commit_callback` (its issue
+/// #856).
+fn commit_within(
+    consumer: &Arc<BaseConsumer<ServiceContext>>,
+    offsets: TopicPartitionList,
+    wait: Duration,
+) -> Option<KafkaResult<()>> {
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    let consumer = Arc::clone(consumer);
+    let sent = std::thread::Builder::new()
+        .name("last-commit".into())
+        .spawn(move || {
+            let _ = answer.send(consumer.commit(&offsets, CommitMode::Sync));
+        });
+    let thread = match sent {
+        Ok(thread) => thread,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the thread of the last commit");
+            return None;
+        }
+    };
+    let result = answered.recv_timeout(wait).ok()?;
+    // It ends right after answering; joined, its share of the consumer is gone, and the
+    // caller's drop closes the consumer (leaving the group) on the caller's thread.
+    let _ = thread.join();
+    Some(result)
 }
 
 /// `pipewatch run`: consumes on a blocking thread until SIGINT or SIGTERM, then gives it
