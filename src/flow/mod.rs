@@ -550,7 +550,7 @@ impl FlowTracker {
                 r.visits.push(visit);
                 if attempt {
                     if visit.status == Status::Failure {
-                        let due = visit.end_ms.saturating_add(deadline_ms(settings, 0.0));
+                        let due = recovery_due(settings, &visit);
                         schedule(&mut self.checks, settings.max_runs, r, run, due);
                     }
                     return;
@@ -773,7 +773,7 @@ impl FlowTracker {
                 continue;
             }
             if v.status == Status::Failure {
-                let due = v.end_ms.saturating_add(deadline_ms(settings, 0.0));
+                let due = recovery_due(settings, &v);
                 if due <= due_ms {
                     r.visits[i].reported = true;
                     self.stats.failed_runs += 1;
@@ -1126,6 +1126,12 @@ fn arrival_due(
             .saturating_add(deadline_ms(settings, hop.p95_ms())),
         _ => i64::MAX,
     }
+}
+
+/// When a run that failed at `failed` is a failed run, unless a retry succeeds before:
+/// `flow.stuck_min` later.
+fn recovery_due(settings: &FlowSettings, failed: &Visit) -> i64 {
+    failed.end_ms.saturating_add(deadline_ms(settings, 0.0))
 }
 
 /// Has `run` checked by `due_ms` at the latest: one check per run waits in `checks`, for
