@@ -69,8 +69,8 @@ $email_config
 [kafka]
 brokers = "127.0.0.1:$PORT"
 group_id = "pipewatch-quickstart"
-# Ctrl-C stops the broker too, so the last commit may get no answer: pipewatch waits a
-# third of this for it. A local broker answers in milliseconds.
+# Ctrl-C stops the broker too, so the last commit may get no answer: pipewatch waits at
+# most two thirds of this for it. A local broker answers in milliseconds.
 shutdown_timeout = "6s"
 
 [kafka.properties]

@@ -27,12 +27,22 @@
 //! # Delivery
 //! At least once: offsets are committed (every `kafka.commit_interval`, on revocation and
 //! at stop) only after the sink confirms every alert and dead letter produced so far.
+//!
+//! Neither wait holds up the consume loop for a periodic commit: later ticks look whether
+//! the sink has delivered what the listed offsets' events caused, and the commit is then
+//! sent from a thread of its own, one at a time, its answer taken by a later tick.
+//! librdkafka waits for a commit's answer without a deadline of ours (for a broker that
+//! stops answering, up to `socket.timeout.ms`), and the loop must go on meanwhile,
+//! reporting the outage and honouring a stop. A commit on revocation is synchronous: the
+//! partitions go once it is answered.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -69,12 +79,15 @@ const CLOCK_EVERY: u32 = 64;
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for the broker's answer about committed offsets and timestamps.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// At a stop, longest wait for the sink's deliveries, then for the broker's answer to the
-/// last commit (each at most a third of `kafka.shutdown_timeout`, so the stop ends within
-/// it). librdkafka waits for a commit's answer without a deadline, and a broker that goes
-/// away as the stop begins (Ctrl-C in a terminal running both) may never give one; the
-/// offsets since the previous commit are then read again after the restart.
-const STOP_WAIT: Duration = Duration::from_secs(10);
+/// At a stop, longest wait for the answer to a periodic commit on its way, the sink's
+/// deliveries and the broker's answer to the last commit, all together (at most two
+/// thirds of `kafka.shutdown_timeout`, so the stop ends within it). librdkafka waits for
+/// a commit's answer without a deadline, and a broker that goes away as the stop begins
+/// (Ctrl-C in a terminal running both) may never give one; the offsets since the
+/// previous commit are then read again after the restart.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+/// A periodic commit still unanswered after this long is logged.
+const COMMIT_LATE: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct RunArgs {
@@ -135,7 +148,37 @@ enum CommitPlan {
     Nothing,
     /// Not now: what the offsets cover is not all delivered (or logged) yet.
     Held,
-    Offsets(TopicPartitionList),
+    Offsets(Planned),
+}
+
+/// Offsets to commit: as librdkafka takes them, and by partition for when the broker
+/// confirms them.
+struct Planned {
+    list: TopicPartitionList,
+    next: Vec<(Owner, i64)>,
+}
+
+/// Where the periodic commit is. Its offsets wait for the alerts and dead letters their
+/// events caused, then for the broker's answer; neither wait holds up the consume loop.
+enum PeriodicCommit {
+    Idle,
+    /// Listed, waiting for what the sink had queued by then (`mark`) to be delivered.
+    Delivering {
+        planned: Planned,
+        mark: usize,
+        since: Instant,
+        late_logged: bool,
+    },
+    /// Sent from a thread of its own ([`send_commit`]).
+    Sent(CommitInFlight),
+}
+
+struct CommitInFlight {
+    answer: Receiver<KafkaResult<()>>,
+    thread: JoinHandle<()>,
+    next: Vec<(Owner, i64)>,
+    sent: Instant,
+    late_logged: bool,
 }
 
 /// Everything the consume loop and the rebalance callback share.
@@ -155,6 +198,8 @@ struct Worker {
     counters: RunCounters,
     progress: Arc<Progress>,
     last_commit: Instant,
+    /// One periodic commit at a time.
+    periodic: PeriodicCommit,
     live: Arc<Live>,
     /// Alert email, when `email.enabled`.
     email: Option<Arc<EmailNotifier>>,
@@ -284,6 +329,7 @@ impl Worker {
             counters: RunCounters::default(),
             progress,
             last_commit: Instant::now(),
+            periodic: PeriodicCommit::Idle,
             live: outlets.live,
             email: outlets.email,
             retired: Stats::default(),
@@ -430,8 +476,9 @@ impl Worker {
         self.live.observe(&mut self.out, Some(&self.tasks[i].owner));
     }
 
-    /// Periodic work: live clocks, then a commit when one is due.
-    fn tick(&mut self, consumer: &BaseConsumer<ServiceContext>) {
+    /// Periodic work: live clocks, then commits: the answer to the one on its way, or a
+    /// new one when it is due.
+    fn tick(&mut self, consumer: &Arc<BaseConsumer<ServiceContext>>) {
         let now_ms = self.clock.now_ms();
         self.now_ms = now_ms;
         let brokers = consumer.context().brokers().clone();
@@ -455,9 +502,7 @@ impl Worker {
                 }
             }
         }
-        if self.last_commit.elapsed() >= self.settings.kafka.commit_interval {
-            self.commit(consumer);
-        }
+        self.periodic_commit(consumer);
         self.report(consumer, &brokers, connected);
     }
 
@@ -535,23 +580,157 @@ impl Worker {
             .set_service_state(connected, self.tasks.len(), warming);
     }
 
-    /// Commits what was processed, once everything it caused is delivered.
+    /// Commits what was processed, once everything it caused is delivered, and waits
+    /// for the answer: where the partitions go next (a revocation). A periodic commit
+    /// still on its way is waited for first (`FLUSH_TIMEOUT` at most), so that it cannot
+    /// land after this one.
     fn commit(&mut self, consumer: &BaseConsumer<ServiceContext>) -> bool {
+        self.finish_periodic_commit(FLUSH_TIMEOUT);
         match self.plan_commit(FLUSH_TIMEOUT) {
             CommitPlan::Nothing => true,
             CommitPlan::Held => false,
-            CommitPlan::Offsets(offsets) => {
-                let result = consumer.commit(&offsets, CommitMode::Sync);
-                self.record_commit(Some(result), offsets.count())
+            CommitPlan::Offsets(planned) => {
+                let result = consumer.commit(&planned.list, CommitMode::Sync);
+                self.record_commit(Some(result), &planned.next)
             }
         }
+    }
+
+    /// The periodic commit, as far as it can go without waiting: the offsets listed when
+    /// one is due, sent once the sink has delivered what their events caused, and the
+    /// broker's answer taken when it has come.
+    fn periodic_commit(&mut self, consumer: &Arc<BaseConsumer<ServiceContext>>) {
+        loop {
+            match std::mem::replace(&mut self.periodic, PeriodicCommit::Idle) {
+                PeriodicCommit::Idle => {
+                    if self.last_commit.elapsed() < self.settings.kafka.commit_interval {
+                        return;
+                    }
+                    let CommitPlan::Offsets(planned) = self.list_offsets() else {
+                        return;
+                    };
+                    self.periodic = PeriodicCommit::Delivering {
+                        planned,
+                        mark: self.sink.mark(),
+                        since: Instant::now(),
+                        late_logged: false,
+                    };
+                }
+                PeriodicCommit::Delivering {
+                    planned,
+                    mark,
+                    since,
+                    mut late_logged,
+                } => {
+                    if !self.sink.delivered_before(mark) {
+                        if !late_logged && since.elapsed() >= COMMIT_LATE {
+                            late_logged = true;
+                            tracing::warn!(
+                                in_flight = self.sink.in_flight(),
+                                "alerts or dead letters not yet delivered; offsets stay \
+                                 uncommitted"
+                            );
+                        }
+                        self.periodic = PeriodicCommit::Delivering {
+                            planned,
+                            mark,
+                            since,
+                            late_logged,
+                        };
+                        return;
+                    }
+                    let Some((answer, thread)) = send_commit(consumer, planned.list) else {
+                        self.record_commit(None, &planned.next);
+                        return;
+                    };
+                    self.periodic = PeriodicCommit::Sent(CommitInFlight {
+                        answer,
+                        thread,
+                        next: planned.next,
+                        sent: Instant::now(),
+                        late_logged: false,
+                    });
+                }
+                PeriodicCommit::Sent(mut commit) => {
+                    let result = match commit.answer.try_recv() {
+                        Ok(result) => Some(result),
+                        // Its thread ended without answering.
+                        Err(TryRecvError::Disconnected) => None,
+                        Err(TryRecvError::Empty) => {
+                            if !commit.late_logged && commit.sent.elapsed() >= COMMIT_LATE {
+                                commit.late_logged = true;
+                                tracing::warn!(
+                                    waited = ?commit.sent.elapsed(),
+                                    "an offset commit has no answer yet; consuming goes on, \
+                                     and the next commit waits for it"
+                                );
+                            }
+                            self.periodic = PeriodicCommit::Sent(commit);
+                            return;
+                        }
+                    };
+                    self.end_commit(commit, result);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits `within` at most for the answer to a periodic commit on its way, if any (one
+    /// still waiting for deliveries is dropped: the caller commits with a flush of its
+    /// own). False when there is one and the broker did not answer it in time.
+    fn finish_periodic_commit(&mut self, within: Duration) -> bool {
+        let PeriodicCommit::Sent(commit) =
+            std::mem::replace(&mut self.periodic, PeriodicCommit::Idle)
+        else {
+            return true;
+        };
+        match commit.answer.recv_timeout(within) {
+            Ok(result) => self.end_commit(commit, Some(result)),
+            Err(RecvTimeoutError::Disconnected) => self.end_commit(commit, None),
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    waited = ?commit.sent.elapsed(),
+                    "no answer to the offset commit on its way"
+                );
+                // A later tick may still take its answer.
+                self.periodic = PeriodicCommit::Sent(commit);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn end_commit(&mut self, commit: CommitInFlight, result: Option<KafkaResult<()>>) {
+        // It ends right after answering: joined, its share of the consumer is gone.
+        let _ = commit.thread.join();
+        self.record_commit(result, &commit.next);
     }
 
     /// The offsets to commit now: those processed since the last commit, once the
     /// alerts and dead letters they caused are delivered (waiting `flush_timeout` for them).
     fn plan_commit(&mut self, flush_timeout: Duration) -> CommitPlan {
+        let planned = match self.list_offsets() {
+            CommitPlan::Offsets(planned) => planned,
+            nothing_or_held => return nothing_or_held,
+        };
+        if !self.sink.flush(flush_timeout) {
+            tracing::warn!(
+                in_flight = self.sink.in_flight(),
+                "alerts or dead letters not yet delivered; offsets stay uncommitted"
+            );
+            self.counters.commits_failed += 1;
+            return CommitPlan::Held;
+        }
+        CommitPlan::Offsets(planned)
+    }
+
+    /// The offsets processed since the last commit, whatever their events caused (held
+    /// if the offsets log cannot be written).
+    fn list_offsets(&mut self) -> CommitPlan {
         self.last_commit = Instant::now();
         let mut offsets = TopicPartitionList::new();
+        let mut next_offsets = Vec::new();
         for task in &self.tasks {
             if let Some(next) = task.next_offset {
                 if task.warm_until.is_none() && task.committed.is_none_or(|c| next > c) {
@@ -560,8 +739,11 @@ impl Worker {
                         task.owner.partition,
                         Offset::Offset(next),
                     );
-                    if let Err(err) = added {
-                        tracing::error!(error = %err, "cannot list an offset to commit");
+                    match added {
+                        Ok(()) => next_offsets.push((task.owner.clone(), next)),
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot list an offset to commit")
+                        }
                     }
                 }
             }
@@ -575,27 +757,23 @@ impl Worker {
                 return CommitPlan::Held;
             }
         }
-        if !self.sink.flush(flush_timeout) {
-            tracing::warn!(
-                in_flight = self.sink.in_flight(),
-                "alerts or dead letters not yet delivered; offsets stay uncommitted"
-            );
-            self.counters.commits_failed += 1;
-            return CommitPlan::Held;
-        }
-        CommitPlan::Offsets(offsets)
+        CommitPlan::Offsets(Planned {
+            list: offsets,
+            next: next_offsets,
+        })
     }
 
-    /// The broker's answer to a commit of `partitions` partitions' offsets (none: no
-    /// answer in time).
-    fn record_commit(&mut self, result: Option<KafkaResult<()>>, partitions: usize) -> bool {
+    /// The broker's answer to a commit of the `next` offsets of their partitions (none:
+    /// no answer in time).
+    fn record_commit(&mut self, result: Option<KafkaResult<()>>, next: &[(Owner, i64)]) -> bool {
         match result {
             Some(Ok(())) => {
-                tracing::debug!(partitions, "committed");
+                tracing::debug!(partitions = next.len(), "committed");
                 self.counters.commits += 1;
-                for task in &mut self.tasks {
-                    if task.warm_until.is_none() {
-                        task.committed = task.next_offset.or(task.committed);
+                for (owner, offset) in next {
+                    // Partitions revoked since are gone, with what they committed.
+                    if let Some(task) = self.tasks.iter_mut().find(|t| t.owner == *owner) {
+                        task.committed = task.committed.max(Some(*offset));
                     }
                 }
                 true
@@ -819,17 +997,24 @@ pub fn consume(
         until_clock -= 1;
     }
     tracing::info!("stopping: committing processed offsets and leaving the group");
-    let wait = STOP_WAIT.min(settings.kafka.shutdown_timeout / 3);
-    let plan = context.worker().plan_commit(wait);
+    let deadline = Instant::now() + STOP_WAIT.min(settings.kafka.shutdown_timeout * 2 / 3);
+    let left = || deadline.saturating_duration_since(Instant::now());
+    // A periodic commit still on its way is answered first, or the last commit waits
+    // behind it; without an answer the broker is not answering, and sending another
+    // commit would only wait the same way.
+    let answered = context.worker().finish_periodic_commit(left());
+    let plan = match answered {
+        true => context.worker().plan_commit(left()),
+        false => CommitPlan::Held,
+    };
     let committed = match plan {
         CommitPlan::Nothing => true,
         CommitPlan::Held => false,
-        CommitPlan::Offsets(offsets) => {
-            let partitions = offsets.count();
+        CommitPlan::Offsets(planned) => {
             // Not under the worker's lock: nothing else needs it now, but a commit that
             // gets no answer must not hold it.
-            let result = commit_within(&consumer, offsets, wait);
-            context.worker().record_commit(result, partitions)
+            let result = commit_within(&consumer, planned.list, left());
+            context.worker().record_commit(result, &planned.next)
         }
     };
     {
@@ -852,33 +1037,42 @@ pub fn consume(
     Ok(counters)
 }
 
+/// Sends a commit of `offsets` from a thread of its own, whose answer comes on the
+/// channel returned (with the thread, which ends right after answering); none if the
+/// thread cannot start. librdkafka may keep that thread waiting for a long time: a commit
+/// with a deadline does not exist in librdkafka, and an asynchronous one reports nothing
+/// through rust-rdkafka's `commit_callback` (its issue #856).
+fn send_commit(
+    consumer: &Arc<BaseConsumer<ServiceContext>>,
+    offsets: TopicPartitionList,
+) -> Option<(Receiver<KafkaResult<()>>, JoinHandle<()>)> {
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    let consumer = Arc::clone(consumer);
+    let sent = std::thread::Builder::new()
+        .name("offset-commit".into())
+        .spawn(move || {
+            let _ = answer.send(consumer.commit(&offsets, CommitMode::Sync));
+        });
+    match sent {
+        Ok(thread) => Some((answered, thread)),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the thread of an offset commit");
+            None
+        }
+    }
+}
+
 /// Commits `offsets` and waits for the broker's answer for `wait` at most (none when it
-/// did not come). The commit is sent from a thread of its own, which librdkafka may keep
-/// waiting after this returns: a commit with a deadline does not exist in librdkafka, and
-/// an asynchronous one reports nothing through rust-rdkafka's `commit_callback` (its issue
-/// #856).
+/// did not come).
 fn commit_within(
     consumer: &Arc<BaseConsumer<ServiceContext>>,
     offsets: TopicPartitionList,
     wait: Duration,
 ) -> Option<KafkaResult<()>> {
-    let (answer, answered) = std::sync::mpsc::sync_channel(1);
-    let consumer = Arc::clone(consumer);
-    let sent = std::thread::Builder::new()
-        .name("last-commit".into())
-        .spawn(move || {
-            let _ = answer.send(consumer.commit(&offsets, CommitMode::Sync));
-        });
-    let thread = match sent {
-        Ok(thread) => thread,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot start the thread of the last commit");
-            return None;
-        }
-    };
+    let (answered, thread) = send_commit(consumer, offsets)?;
     let result = answered.recv_timeout(wait).ok()?;
-    // It ends right after answering; joined, its share of the consumer is gone, and the
-    // caller's drop closes the consumer (leaving the group) on the caller's thread.
+    // Joined, its share of the consumer is gone, and the caller's drop closes the
+    // consumer (leaving the group) on the caller's thread.
     let _ = thread.join();
     Some(result)
 }

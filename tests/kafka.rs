@@ -79,6 +79,15 @@ impl Broker {
         pipewatch::kafka::create_topics(&kafka, &[EVENTS], PARTITIONS).expect("event topic");
         pipewatch::kafka::create_topics(&kafka, &[ALERTS, DEAD_LETTERS], 1).expect("topics");
     }
+
+    /// The broker's process id, from broker.sh's pid file.
+    fn pid(&self) -> String {
+        let pid_file = std::env::var_os("TANSU_HOME")
+            .map_or_else(|| repo().join("scripts/.tansu"), PathBuf::from)
+            .join(format!("run/tansu-{}.pid", self.port));
+        let pid = std::fs::read_to_string(pid_file).expect("broker.sh's pid file");
+        pid.trim().to_string()
+    }
 }
 
 impl Drop for Broker {
@@ -240,11 +249,7 @@ impl Pipewatch {
     }
 
     fn send_sigterm(&self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
+        signal("-TERM", &self.child.id().to_string());
     }
 
     /// The exit status, once it has stopped, within `within`.
@@ -753,28 +758,7 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
     wait_until("the assignment", Duration::from_secs(60), || {
         pw.last_assignment().is_some()
     });
-    let stop_producing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let producing = std::thread::spawn({
-        let (kafka, stop) = (kafka.clone(), Arc::clone(&stop_producing));
-        move || {
-            let mut sim = recent_simulation(1, 15);
-            let producer: ThreadedProducer<DefaultProducerContext> =
-                pipewatch::kafka::client_config(&kafka)
-                    .create()
-                    .expect("producer");
-            for event in sim.keyed_events() {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
-                }
-                let record = BaseRecord::to(EVENTS).key(&event.key).payload(&event.json);
-                // Events go on arriving up to the moment the broker goes away.
-                let _ = producer.send(record);
-                std::thread::sleep(Duration::from_micros(300));
-            }
-            // The broker is away by now: what it did not take is dropped.
-            producer.purge(PurgeConfig::default().queue().inflight());
-        }
-    });
+    let producing = EventStream::start(&kafka, 15);
     wait_until("processing to start", Duration::from_secs(30), || {
         processed_offsets(&log).len() > 1_000
     });
@@ -782,21 +766,15 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
     // The broker goes away as the stop begins: the last commit goes to a broker that is
     // shutting down, and librdkafka may wait for its answer without a deadline (once, the
     // process waited for that thread for ever; then the stop gave up after
-    // kafka.shutdown_timeout and exited 1). pipewatch waits a third of that for the
+    // kafka.shutdown_timeout and exited 1). pipewatch waits two thirds of that at most for the
     // answer, says what it left uncommitted, and exits 0 within the timeout.
-    let broker_pid = std::fs::read_to_string(
-        std::env::var_os("TANSU_HOME")
-            .map_or_else(|| repo().join("scripts/.tansu"), PathBuf::from)
-            .join(format!("run/tansu-{}.pid", broker.port)),
-    )
-    .expect("broker.sh's pid file");
     // Both at once, as Ctrl-C does to a terminal's foreground processes.
     let signalled = Command::new("sh")
         .arg("-c")
         .arg(format!(
             "kill -TERM {}; kill -INT {}",
             pw.child.id(),
-            broker_pid.trim()
+            broker.pid()
         ))
         .status()
         .expect("sh runs");
@@ -804,8 +782,7 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
     let signalled_at = Instant::now();
     let status = pw.exit_status(kafka.shutdown_timeout + Duration::from_secs(10));
     let took = signalled_at.elapsed();
-    stop_producing.store(true, std::sync::atomic::Ordering::Relaxed);
-    producing.join().expect("producer thread");
+    producing.stop();
     assert!(status.success(), "a clean stop: {status}");
     assert_eq!(
         pw.logged("did not stop within kafka.shutdown_timeout"),
@@ -827,6 +804,121 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
             "went through"
         }
     );
+}
+
+#[test]
+fn a_broker_that_stops_answering_holds_up_neither_consuming_nor_a_stop() {
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut kafka = broker.kafka("pipewatch-frozen");
+    kafka.shutdown_timeout = Duration::from_secs(3);
+    let log = dir.path().join("offsets.log");
+    let mut pw = Pipewatch::start(
+        dir.path(),
+        "frozen",
+        &kafka,
+        &["--offsets-log", log.to_str().unwrap()],
+    );
+    wait_until("the assignment", Duration::from_secs(60), || {
+        pw.last_assignment().is_some()
+    });
+    let producing = EventStream::start(&kafka, 16);
+    wait_until("a commit", Duration::from_secs(30), || {
+        let metrics = pw.metrics();
+        common::value(&metrics, r#"pipewatch_offset_commits_total{result="ok"}"#) > Some(0.0)
+    });
+
+    // The broker stops answering without closing a connection (stopped, not killed):
+    // the periodic commit sent next (every second) waits for an answer that does not
+    // come; librdkafka gives up on it after socket.timeout.ms, a minute. Once, the consume
+    // loop waited with it, and a stop then gave up after kafka.shutdown_timeout and
+    // exited 1.
+    let frozen = Frozen::stop(&broker);
+    std::thread::sleep(Duration::from_millis(2_500));
+    pw.send_sigterm();
+    let signalled_at = Instant::now();
+    let status = pw.exit_status(kafka.shutdown_timeout + Duration::from_secs(10));
+    let took = signalled_at.elapsed();
+    drop(frozen);
+    producing.stop();
+    assert!(status.success(), "a clean stop: {status}");
+    assert_eq!(
+        pw.logged("did not stop within kafka.shutdown_timeout"),
+        0,
+        "the stop ends on its own"
+    );
+    assert!(
+        took < kafka.shutdown_timeout + Duration::from_secs(2),
+        "stopped in {took:?}"
+    );
+    assert!(
+        pw.logged("no answer to the offset commit on its way") > 0,
+        "the unanswered commit is logged"
+    );
+    println!("stopped in {took:?} with an unanswered commit on its way");
+}
+
+/// A broker process stopped (SIGSTOP) until this is dropped: its connections stay open
+/// and nothing on them is answered.
+struct Frozen(String);
+
+impl Frozen {
+    fn stop(broker: &Broker) -> Frozen {
+        let pid = broker.pid();
+        signal("-STOP", &pid);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", &self.0);
+    }
+}
+
+fn signal(signal: &str, pid: &str) {
+    let sent = Command::new("kill").args([signal, pid]).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+}
+
+/// Simulated events produced to the event topic, one every 300 µs, until stopped: events
+/// go on arriving up to the moment the broker goes away.
+struct EventStream {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EventStream {
+    fn start(kafka: &KafkaSettings, seed: u64) -> EventStream {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let (kafka, stop) = (kafka.clone(), Arc::clone(&stop));
+            move || {
+                let mut sim = recent_simulation(1, seed);
+                let producer: ThreadedProducer<DefaultProducerContext> =
+                    pipewatch::kafka::client_config(&kafka)
+                        .create()
+                        .expect("producer");
+                for event in sim.keyed_events() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let record = BaseRecord::to(EVENTS).key(&event.key).payload(&event.json);
+                    let _ = producer.send(record);
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                // The broker may be away by now: what it did not take is dropped.
+                producer.purge(PurgeConfig::default().queue().inflight());
+            }
+        });
+        EventStream { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("producer thread");
+    }
 }
 
 /// Events of one stage every 100 ms from `from_ms` (inclusive) to `to_ms` (exclusive),

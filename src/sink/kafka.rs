@@ -7,8 +7,9 @@
 //! after [`KafkaSink::flush`] confirms everything produced so far, which is what makes
 //! delivery at-least-once end to end.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -32,7 +33,8 @@ pub struct SinkCounters {
     pub payloads_omitted: AtomicU64,
 }
 
-/// What a produced message was, carried to its delivery report.
+/// What a produced message was, carried to its delivery report in the low bit of its
+/// opaque, above its number in [`Outstanding`].
 #[derive(Clone, Copy)]
 #[repr(usize)]
 enum Carried {
@@ -40,9 +42,25 @@ enum Carried {
     DeadLetter = 1,
 }
 
+/// Messages queued and not yet reported on, by number in the order they were queued: what
+/// a commit of offsets waits for ([`KafkaSink::mark`]).
+#[derive(Default)]
+struct Outstanding {
+    next: usize,
+    pending: BTreeSet<usize>,
+}
+
+fn outstanding(shared: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstanding> {
+    // Two integer updates: a panic cannot leave it half-done.
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Counts confirmed deliveries: an alert is "sent" only here.
 pub struct DeliveryReports {
     counters: Arc<SinkCounters>,
+    outstanding: Arc<Mutex<Outstanding>>,
 }
 
 impl ClientContext for DeliveryReports {
@@ -58,7 +76,11 @@ impl ClientContext for DeliveryReports {
 impl ProducerContext for DeliveryReports {
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, carried: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        outstanding(&self.outstanding)
+            .pending
+            .remove(&(opaque >> 1));
+        let carried = opaque & 1;
         let c = &self.counters;
         match result {
             Ok(_) if carried == Carried::Alert as usize => {
@@ -92,11 +114,13 @@ pub struct KafkaSink {
     alert_topic: String,
     dead_letter_topic: String,
     counters: Arc<SinkCounters>,
+    outstanding: Arc<Mutex<Outstanding>>,
 }
 
 impl KafkaSink {
     pub fn new(kafka: &KafkaSettings) -> anyhow::Result<KafkaSink> {
         let counters = Arc::new(SinkCounters::default());
+        let outstanding = Arc::new(Mutex::new(Outstanding::default()));
         let mut config = crate::kafka::client_config(kafka);
         for (name, value) in [("enable.idempotence", "true"), ("message.timeout.ms", "0")] {
             if !kafka.properties.contains_key(name) {
@@ -106,6 +130,7 @@ impl KafkaSink {
         let producer = config
             .create_with_context(DeliveryReports {
                 counters: Arc::clone(&counters),
+                outstanding: Arc::clone(&outstanding),
             })
             .context("creating the Kafka producer for alerts and dead letters")?;
         Ok(KafkaSink {
@@ -113,6 +138,7 @@ impl KafkaSink {
             alert_topic: kafka.alert_topic.clone(),
             dead_letter_topic: kafka.dead_letter_topic.clone(),
             counters,
+            outstanding,
         })
     }
 
@@ -149,7 +175,7 @@ impl KafkaSink {
         if let Some(key) = origin.key {
             record = record.key(key);
         }
-        match crate::kafka::send_waiting(&self.producer, record) {
+        match self.try_send(record) {
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
                 // Larger than this producer may send (message.max.bytes): the reason and
                 // origin still go, so the message can be found at its source.
@@ -172,6 +198,18 @@ impl KafkaSink {
         }
     }
 
+    /// A mark for everything queued so far: [`KafkaSink::delivered_before`] says when all
+    /// of it has been reported on (delivered, or refused for good), without waiting.
+    pub fn mark(&self) -> usize {
+        outstanding(&self.outstanding).next
+    }
+
+    /// Has everything queued before `mark` been reported on?
+    pub fn delivered_before(&self, mark: usize) -> bool {
+        let outstanding = outstanding(&self.outstanding);
+        outstanding.pending.first().is_none_or(|&n| n >= mark)
+    }
+
     /// Waits until everything queued so far is delivered, up to `timeout`. `false` means
     /// some messages are still in flight (a broker is away): offsets must not be committed.
     pub fn flush(&self, timeout: Duration) -> bool {
@@ -184,9 +222,28 @@ impl KafkaSink {
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8], usize>) {
         let topic = record.topic;
-        if let Err(err) = crate::kafka::send_waiting(&self.producer, record) {
+        if let Err(err) = self.try_send(record) {
             self.refused(topic, &err);
         }
+    }
+
+    /// Queues `record` (its opaque says what it [`Carried`]), numbered among the
+    /// outstanding messages until its delivery report comes.
+    fn try_send(&self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), KafkaError> {
+        let number = {
+            let mut outstanding = outstanding(&self.outstanding);
+            let number = outstanding.next;
+            outstanding.next += 1;
+            // Before it is queued: its report may come at once, on the producer's thread.
+            outstanding.pending.insert(number);
+            number
+        };
+        record.delivery_opaque |= number << 1;
+        let sent = crate::kafka::send_waiting(&self.producer, record);
+        if sent.is_err() {
+            outstanding(&self.outstanding).pending.remove(&number);
+        }
+        sent
     }
 
     fn refused(&self, topic: &str, err: &KafkaError) {
