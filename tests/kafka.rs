@@ -267,6 +267,24 @@ impl Pipewatch {
         }
     }
 
+    /// Requires a clean exit (status 0), on its own, within `shutdown_timeout` of a stop
+    /// signal sent at `signalled_at` (and 2 s for the test's own latency); how long it took.
+    fn clean_stop(&mut self, signalled_at: Instant, shutdown_timeout: Duration) -> Duration {
+        let status = self.exit_status(shutdown_timeout + Duration::from_secs(10));
+        let took = signalled_at.elapsed();
+        assert!(status.success(), "a clean stop: {status}");
+        assert_eq!(
+            self.logged("did not stop within kafka.shutdown_timeout"),
+            0,
+            "the stop ends on its own"
+        );
+        assert!(
+            took < shutdown_timeout + Duration::from_secs(2),
+            "stopped in {took:?}"
+        );
+        took
+    }
+
     fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reaped");
@@ -741,24 +759,57 @@ fn a_broker_down_at_start_or_mid_stream_loses_nothing() {
     println!("{sent} events, {during} processed when the connection was cut for 5 s, all processed after");
 }
 
+/// The setting of the stop tests: a broker with the topics, and pipewatch consuming from
+/// it (named `name`, with an offsets log and a 3 s `kafka.shutdown_timeout`), its
+/// partitions assigned, while events stream in.
+struct StopScene {
+    broker: Broker,
+    kafka: KafkaSettings,
+    log: PathBuf,
+    pw: Pipewatch,
+    producing: EventStream,
+    _dir: tempfile::TempDir,
+}
+
+impl StopScene {
+    fn start(name: &str, seed: u64) -> StopScene {
+        let broker = Broker::start();
+        broker.create_topics();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut kafka = broker.kafka(&format!("pipewatch-{name}"));
+        kafka.shutdown_timeout = Duration::from_secs(3);
+        let log = dir.path().join("offsets.log");
+        let pw = Pipewatch::start(
+            dir.path(),
+            name,
+            &kafka,
+            &["--offsets-log", log.to_str().unwrap()],
+        );
+        wait_until("the assignment", Duration::from_secs(60), || {
+            pw.last_assignment().is_some()
+        });
+        let producing = EventStream::start(&kafka, seed);
+        StopScene {
+            broker,
+            kafka,
+            log,
+            pw,
+            producing,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
-    let broker = Broker::start();
-    broker.create_topics();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut kafka = broker.kafka("pipewatch-stop-outage");
-    kafka.shutdown_timeout = Duration::from_secs(3);
-    let log = dir.path().join("offsets.log");
-    let mut pw = Pipewatch::start(
-        dir.path(),
-        "stop-outage",
-        &kafka,
-        &["--offsets-log", log.to_str().unwrap()],
-    );
-    wait_until("the assignment", Duration::from_secs(60), || {
-        pw.last_assignment().is_some()
-    });
-    let producing = EventStream::start(&kafka, 15);
+    let StopScene {
+        broker,
+        kafka,
+        log,
+        mut pw,
+        producing,
+        _dir,
+    } = StopScene::start("stop-outage", 15);
     wait_until("processing to start", Duration::from_secs(30), || {
         processed_offsets(&log).len() > 1_000
     });
@@ -779,20 +830,8 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
         .status()
         .expect("sh runs");
     assert!(signalled.success());
-    let signalled_at = Instant::now();
-    let status = pw.exit_status(kafka.shutdown_timeout + Duration::from_secs(10));
-    let took = signalled_at.elapsed();
+    let took = pw.clean_stop(Instant::now(), kafka.shutdown_timeout);
     producing.stop();
-    assert!(status.success(), "a clean stop: {status}");
-    assert_eq!(
-        pw.logged("did not stop within kafka.shutdown_timeout"),
-        0,
-        "the stop ends on its own"
-    );
-    assert!(
-        took < kafka.shutdown_timeout + Duration::from_secs(2),
-        "stopped in {took:?}"
-    );
     let unanswered = pw.logged("no answer to the offset commit in time") > 0;
     println!(
         "stopped as the broker went away in {took:?}: the last commit {}",
@@ -808,22 +847,14 @@ fn a_stop_as_the_broker_goes_away_ends_within_the_shutdown_timeout() {
 
 #[test]
 fn a_broker_that_stops_answering_holds_up_neither_consuming_nor_a_stop() {
-    let broker = Broker::start();
-    broker.create_topics();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut kafka = broker.kafka("pipewatch-frozen");
-    kafka.shutdown_timeout = Duration::from_secs(3);
-    let log = dir.path().join("offsets.log");
-    let mut pw = Pipewatch::start(
-        dir.path(),
-        "frozen",
-        &kafka,
-        &["--offsets-log", log.to_str().unwrap()],
-    );
-    wait_until("the assignment", Duration::from_secs(60), || {
-        pw.last_assignment().is_some()
-    });
-    let producing = EventStream::start(&kafka, 16);
+    let StopScene {
+        broker,
+        kafka,
+        mut pw,
+        producing,
+        _dir,
+        ..
+    } = StopScene::start("frozen", 16);
     wait_until("a commit", Duration::from_secs(30), || {
         let metrics = pw.metrics();
         common::value(&metrics, r#"pipewatch_offset_commits_total{result="ok"}"#) > Some(0.0)
@@ -837,21 +868,9 @@ fn a_broker_that_stops_answering_holds_up_neither_consuming_nor_a_stop() {
     let frozen = Frozen::stop(&broker);
     std::thread::sleep(Duration::from_millis(2_500));
     pw.send_sigterm();
-    let signalled_at = Instant::now();
-    let status = pw.exit_status(kafka.shutdown_timeout + Duration::from_secs(10));
-    let took = signalled_at.elapsed();
+    let took = pw.clean_stop(Instant::now(), kafka.shutdown_timeout);
     drop(frozen);
     producing.stop();
-    assert!(status.success(), "a clean stop: {status}");
-    assert_eq!(
-        pw.logged("did not stop within kafka.shutdown_timeout"),
-        0,
-        "the stop ends on its own"
-    );
-    assert!(
-        took < kafka.shutdown_timeout + Duration::from_secs(2),
-        "stopped in {took:?}"
-    );
     assert!(
         pw.logged("no answer to the offset commit on its way") > 0,
         "the unanswered commit is logged"
