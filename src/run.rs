@@ -997,7 +997,8 @@ pub fn consume(
         until_clock -= 1;
     }
     tracing::info!("stopping: committing processed offsets and leaving the group");
-    let deadline = Instant::now() + STOP_WAIT.min(settings.kafka.shutdown_timeout * 2 / 3);
+    let stop_began = Instant::now();
+    let deadline = stop_began + STOP_WAIT.min(settings.kafka.shutdown_timeout * 2 / 3);
     let left = || deadline.saturating_duration_since(Instant::now());
     // A periodic commit still on its way is answered first, or the last commit waits
     // behind it; without an answer the broker is not answering, and sending another
@@ -1026,9 +1027,13 @@ pub fn consume(
         tracing::warn!("the last commit failed; events since the previous one will be read again");
     }
     consumer.unsubscribe();
-    drop(consumer);
     let mut counters = context.worker().counters.clone();
     counters.consumer_errors += context.errors.load(Ordering::Relaxed);
+    // The rest of the stop's share of kafka.shutdown_timeout, less a sixth for what
+    // follows, goes to leaving the group. Closing serves the revocation, which takes the
+    // worker (and commits, if there is anything left): the worker is not touched after.
+    let close_by = stop_began + settings.kafka.shutdown_timeout * 5 / 6;
+    close_within(consumer, close_by.saturating_duration_since(Instant::now()));
     tracing::info!(
         alerts_sent = sink_counters.alerts_sent.load(Ordering::Relaxed),
         dead_letters_sent = sink_counters.dead_letters_sent.load(Ordering::Relaxed),
@@ -1059,6 +1064,31 @@ fn send_commit(
             tracing::error!(error = %err, "cannot start the thread of an offset commit");
             None
         }
+    }
+}
+
+/// Drops the consumer, which closes it and so leaves the group, waiting `wait` at most:
+/// librdkafka waits for the group coordinator's answer without a deadline of ours, and a
+/// broker that stopped answering never gives one. The other members then take over the
+/// partitions after the session timeout. (While a commit's thread still holds the
+/// consumer, the drop only lets go of it, and the consumer closes when that thread ends.)
+fn close_within(consumer: Arc<BaseConsumer<ServiceContext>>, wait: Duration) {
+    let (closed, done) = std::sync::mpsc::sync_channel::<()>(1);
+    let closing = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed.send(());
+        });
+    if let Err(err) = closing {
+        tracing::error!(error = %err, "cannot start the thread that closes the consumer");
+        return;
+    }
+    if done.recv_timeout(wait).is_err() {
+        tracing::warn!(
+            "no answer on leaving the group in time; the other members take over its \
+             partitions after the session timeout"
+        );
     }
 }
 

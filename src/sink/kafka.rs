@@ -4,8 +4,9 @@
 //! (`message.timeout.ms = 0`): an alert is either delivered or still being retried, and a
 //! "resolved" can never overtake the "firing" it ends, because the idempotent producer
 //! keeps order per partition and both share a key. The driver commits consumer offsets only
-//! after [`KafkaSink::flush`] confirms everything produced so far, which is what makes
-//! delivery at-least-once end to end.
+//! once everything produced before it listed them is reported on, which is what makes
+//! delivery at-least-once end to end: it waits for that with [`KafkaSink::flush`], or asks
+//! without waiting with [`KafkaSink::mark`] and [`KafkaSink::delivered_before`].
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,7 @@ struct Outstanding {
 }
 
 fn outstanding(shared: &Mutex<Outstanding>) -> std::sync::MutexGuard<'_, Outstanding> {
-    // Two integer updates: a panic cannot leave it half-done.
+    // A counter and a set, each updated in one call: a panic leaves nothing half-done.
     shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
