@@ -166,8 +166,7 @@ enum PeriodicCommit {
     Delivering {
         planned: Planned,
         mark: usize,
-        since: Instant,
-        late_logged: bool,
+        waiting: Waiting,
     },
     /// Sent from a thread of its own ([`send_commit`]).
     Sent(CommitInFlight),
@@ -177,8 +176,29 @@ struct CommitInFlight {
     answer: Receiver<KafkaResult<()>>,
     thread: JoinHandle<()>,
     next: Vec<(Owner, i64)>,
-    sent: Instant,
-    late_logged: bool,
+    waiting: Waiting,
+}
+
+/// How long a step of the periodic commit has waited, and whether the log said so.
+struct Waiting {
+    since: Instant,
+    said: bool,
+}
+
+impl Waiting {
+    fn start() -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            said: false,
+        }
+    }
+
+    /// True once, when the wait reaches `COMMIT_LATE`: the moment to log it.
+    fn now_late(&mut self) -> bool {
+        let late = !self.said && self.since.elapsed() >= COMMIT_LATE;
+        self.said |= late;
+        late
+    }
 }
 
 /// Everything the consume loop and the rebalance callback share.
@@ -612,19 +632,16 @@ impl Worker {
                     self.periodic = PeriodicCommit::Delivering {
                         planned,
                         mark: self.sink.mark(),
-                        since: Instant::now(),
-                        late_logged: false,
+                        waiting: Waiting::start(),
                     };
                 }
                 PeriodicCommit::Delivering {
                     planned,
                     mark,
-                    since,
-                    mut late_logged,
+                    mut waiting,
                 } => {
                     if !self.sink.delivered_before(mark) {
-                        if !late_logged && since.elapsed() >= COMMIT_LATE {
-                            late_logged = true;
+                        if waiting.now_late() {
                             tracing::warn!(
                                 in_flight = self.sink.in_flight(),
                                 "alerts or dead letters not yet delivered; offsets stay \
@@ -634,8 +651,7 @@ impl Worker {
                         self.periodic = PeriodicCommit::Delivering {
                             planned,
                             mark,
-                            since,
-                            late_logged,
+                            waiting,
                         };
                         return;
                     }
@@ -647,8 +663,7 @@ impl Worker {
                         answer,
                         thread,
                         next: planned.next,
-                        sent: Instant::now(),
-                        late_logged: false,
+                        waiting: Waiting::start(),
                     });
                 }
                 PeriodicCommit::Sent(mut commit) => {
@@ -657,10 +672,9 @@ impl Worker {
                         // Its thread ended without answering.
                         Err(TryRecvError::Disconnected) => None,
                         Err(TryRecvError::Empty) => {
-                            if !commit.late_logged && commit.sent.elapsed() >= COMMIT_LATE {
-                                commit.late_logged = true;
+                            if commit.waiting.now_late() {
                                 tracing::warn!(
-                                    waited = ?commit.sent.elapsed(),
+                                    waited = ?commit.waiting.since.elapsed(),
                                     "an offset commit has no answer yet; consuming goes on, \
                                      and the next commit waits for it"
                                 );
@@ -690,7 +704,7 @@ impl Worker {
             Err(RecvTimeoutError::Disconnected) => self.end_commit(commit, None),
             Err(RecvTimeoutError::Timeout) => {
                 tracing::warn!(
-                    waited = ?commit.sent.elapsed(),
+                    waited = ?commit.waiting.since.elapsed(),
                     "no answer to the offset commit on its way"
                 );
                 // A later tick may still take its answer.
@@ -945,7 +959,8 @@ pub fn consume(
 ) -> anyhow::Result<RunCounters> {
     let worker = Worker::new(settings, args, progress, outlets)?;
     let sink_counters = Arc::clone(worker.sink.counters());
-    // Shared with the thread that sends the last commit (see `commit_within`).
+    // Shared with the threads that send commits and close it (`send_commit`,
+    // `close_within`).
     let consumer: Arc<BaseConsumer<ServiceContext>> = Arc::new(
         consumer_config(&settings.kafka)
             .create_with_context(ServiceContext {
