@@ -21,13 +21,22 @@ use serde::Serialize;
 
 use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
 use crate::config::{Direction, Settings, SilenceSettings};
-use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection};
+use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection, Upstream};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
-use crate::flow::{FlowMetric, FlowTracker, SettledFigure, SharedFlow, StageKey};
+use crate::flow::{FlowMetric, FlowTracker, SettledFigure, SharedFlow, Sightings, StageKey};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
 use crate::window::{Bucket, Reported};
+
+/// How often, in event time, an engine at least tells the data-flow tracker where it is
+/// (and so runs its checks): stuck and failed runs are minutes overdue (`flow.stuck_min`)
+/// when found, and a few seconds more is nothing to them.
+const FLOW_TICK_MS: i64 = 10_000;
+
+/// Events an engine keeps for the data-flow tracker before it hands them over even
+/// between ticks: a bound on the batch, and on how far behind the API's traces are.
+const MAX_SIGHTINGS: usize = 512;
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -165,6 +174,9 @@ struct Stage {
     /// The stage's key in the data-flow tracker, once an event with a correlation id
     /// asked for it.
     flow_key: Option<StageKey>,
+    /// Its upstream stages as the last event that declared them wrote them (see
+    /// [`Stage::declares`]).
+    declared_upstream: Option<Box<str>>,
     /// The slots of its data-flow metrics, by [`FlowMetric::index`] (`u16::MAX` until
     /// the first figure).
     flow_slots: [u16; FlowMetric::COUNT],
@@ -189,6 +201,23 @@ fn metric_name(extra: &[Extra], slot: usize) -> MetricName<'_> {
 }
 
 impl Stage {
+    /// Whether `upstream`, from an event of this stage, is a declaration for the
+    /// data-flow tracker to read: it names stages, and not written as the last one
+    /// was. Producers repeat theirs on every event, and comparing the text here, where
+    /// the stage is at hand, spares the tracker resolving the names each time. (A
+    /// declaration the fast decoder could not keep as written is always passed on.)
+    fn declares(&mut self, upstream: &Upstream<'_>) -> bool {
+        if upstream.is_empty() {
+            return false;
+        }
+        let written = upstream.as_written();
+        if written.is_some() && self.declared_upstream.as_deref() == written {
+            return false;
+        }
+        self.declared_upstream = written.map(Box::from);
+        true
+    }
+
     fn new_bucket(&mut self, index: i64) -> Bucket {
         match self.spare.take() {
             Some(mut bucket) => {
@@ -368,6 +397,8 @@ pub struct Engine {
     flow: Option<(SharedFlow, usize)>,
     /// Event time up to which the flow tracker has been told.
     flow_clock_ms: i64,
+    /// Events for the flow tracker, handed over in batches (see [`Sightings`]).
+    sightings: Sightings,
     flow_figures: Vec<SettledFigure>,
 }
 
@@ -426,6 +457,7 @@ impl Engine {
             quality_buf: Vec::new(),
             flow,
             flow_clock_ms: i64::MIN,
+            sightings: Sightings::default(),
             flow_figures: Vec::new(),
         }
     }
@@ -487,14 +519,16 @@ impl Engine {
             self.stats.stage_limit += 1;
             return Outcome::StageLimit;
         };
-        if let (Some((flow, source)), Some(_)) = (&self.flow, &event.correlation_id) {
-            let mut tracker = crate::flow::lock(flow);
+        if let (Some((flow, _)), Some(_)) = (&self.flow, &event.correlation_id) {
             let stage = &mut self.stages[index];
             if stage.flow_key.is_none() {
-                stage.flow_key = tracker.stage_key(&event.pipeline, &event.stage);
+                stage.flow_key = crate::flow::lock(flow).stage_key(&event.pipeline, &event.stage);
             }
             if let Some(key) = stage.flow_key {
-                tracker.observe(*source, key, index as u32, event, &mut out.alerts);
+                let declares = stage.declares(&event.upstream);
+                if self.sightings.push(key, index as u32, event, declares) >= MAX_SIGHTINGS {
+                    self.hand_over_sightings();
+                }
             }
         }
         self.add_to_stage(index, event, bucket);
@@ -533,6 +567,7 @@ impl Engine {
         let mut figures = std::mem::take(&mut self.flow_figures);
         {
             let mut tracker = crate::flow::lock(flow);
+            tracker.observe(*source, &mut self.sightings);
             tracker.advance(*source, now_ms, &mut out.alerts);
             tracker.take_settled(*source, &mut figures);
         }
@@ -556,10 +591,21 @@ impl Engine {
         self.flow_figures = figures;
     }
 
+    /// Hands the events waiting for the data-flow tracker over to it.
+    fn hand_over_sightings(&mut self) {
+        if let Some((flow, source)) = &self.flow {
+            if !self.sightings.is_empty() {
+                crate::flow::lock(flow).observe(*source, &mut self.sightings);
+            }
+        }
+    }
+
     /// End of a finite input (replay): closes every bucket that is complete, without
-    /// inventing time beyond the last event. The bucket the input ends in is partial:
+    /// inventing time beyond the last event, and hands what the data-flow tracker has
+    /// not seen yet over to it. The bucket the input ends in is partial:
     /// scoring it would read a healthy stage's last seconds as a drop.
     pub fn finish(&mut self, out: &mut Outputs) {
+        self.hand_over_sightings();
         if let Some(wm) = self.watermark_ms {
             let last = (wm + 1).div_euclid(self.bucket_ms) - 1;
             while self.closed_through < last {
@@ -613,6 +659,7 @@ impl Engine {
             gaps: GapTracker::new(event.timestamp_ms),
             silence: Track::Idle,
             flow_key: None,
+            declared_upstream: None,
             flow_slots: [u16::MAX; FlowMetric::COUNT],
         }
     }
@@ -689,13 +736,17 @@ impl Engine {
     fn advance_watermark(&mut self, ts: i64, out: &mut Outputs) {
         let previous = self.watermark_ms.unwrap_or(ts);
         self.watermark_ms = Some(ts.max(previous));
-        // Run deadlines are minutes long: telling the tracker once a second of event
-        // time is soon enough, and spares a lock per event.
-        if self.flow.is_some() && ts >= self.flow_clock_ms.saturating_add(1000) {
+        let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
+        // The tracker's figures for a bucket must be in before it closes; otherwise,
+        // with run deadlines minutes long, telling it every few seconds of event time
+        // is soon enough. (What it finds does not depend on how often: see
+        // `FlowTracker::advance`.)
+        let closes = closable > self.closed_through;
+        if self.flow.is_some() && (closes || ts >= self.flow_clock_ms.saturating_add(FLOW_TICK_MS))
+        {
             self.flow_clock_ms = ts;
             self.advance_flow(ts, out);
         }
-        let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
         // After a jump far ahead (a long gap in the data), close the buckets that hold
         // data and the last `history_len` empty ones, and pass over the rest: they
         // would be empty for every stage, and closing each could stall the engine.
@@ -781,6 +832,8 @@ impl Drop for Engine {
         if let Some((flow, source)) = &self.flow {
             // Not `flow::lock`: a drop while unwinding must not panic again.
             let mut tracker = flow.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Its partition's runs go on in other engines, or after a restart.
+            tracker.observe(*source, &mut self.sightings);
             tracker.remove_source(*source);
         }
     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::alert::Track;
-use crate::decode::Upstream;
 
 /// Delays remembered per hop for its deadline (a ring of the latest).
 const HOP_SAMPLES: usize = 64;
@@ -102,11 +101,9 @@ pub struct FlowStage {
     /// Upstream stages named by this stage's producers (`upstream` in its events); none
     /// when they name none, and the lineage is learned.
     pub declared: Option<Vec<u16>>,
-    /// `declared` as the last event to change it wrote it (see [`Upstream::as_written`]).
-    declared_as: Option<Box<str>>,
     /// Upstream stages seen to end right before this one starts, with how many runs.
     pub learned: Vec<(u16, u32)>,
-    /// Runs that reached this stage.
+    /// Runs that completed this stage, counted as their visits settle.
     pub runs: u32,
     /// The upstream stages in effect (see [`PipelineFlow::upstream`]).
     upstream: Vec<u16>,
@@ -162,7 +159,6 @@ impl PipelineFlow {
         self.stages.push(FlowStage {
             name: Arc::from(name),
             declared: None,
-            declared_as: None,
             learned: Vec::new(),
             runs: 0,
             upstream: Vec::new(),
@@ -186,45 +182,42 @@ impl PipelineFlow {
     }
 
     /// Producers of `stage` name its upstream stages `upstream` (stages beyond `max` are
-    /// left out). The same list again, the usual case, changes nothing and allocates
-    /// nothing; written the same way as the last time, it is not even read. A later event
-    /// that names none leaves the declaration as it was: it did not say the stage has no
-    /// upstream.
-    pub fn declare(&mut self, stage: u16, upstream: &Upstream<'_>, max: usize) {
-        let written = upstream.as_written();
+    /// left out). The same list again changes nothing and allocates nothing. (Engines
+    /// pass on only declarations written otherwise than the last one, see
+    /// [`crate::flow::Sightings::push`].) An event that names none is not a declaration:
+    /// it did not say the stage has no upstream.
+    pub fn declare<'n>(
+        &mut self,
+        stage: u16,
+        upstream: impl Iterator<Item = &'n str> + Clone,
+        max: usize,
+    ) {
         let s = &self.stages[stage as usize];
         if let Some(declared) = &s.declared {
-            if written.is_some() && s.declared_as.as_deref() == written {
-                return;
-            }
             let stages = &self.stages;
             // Compared as resolved below; a list naming unknown stages, or one stage
             // twice, is resolved again each time: rare, and bounded.
-            let same = upstream
-                .names()
+            let same = (upstream.clone())
                 .map(|n| stages.iter().position(|s| *s.name == *n))
                 .filter(|&id| id != Some(stage as usize))
                 .eq(declared.iter().map(|&d| Some(d as usize)));
             if same {
-                self.stages[stage as usize].declared_as = written.map(Box::from);
                 return;
             }
         }
         let mut declared = Vec::new();
-        for name in upstream.names() {
+        for name in upstream {
             if let Some(id) = self.stage_id_or_add(name, max) {
                 if id != stage && !declared.contains(&id) {
                     declared.push(id);
                 }
             }
         }
-        let s = &mut self.stages[stage as usize];
-        s.declared = Some(declared);
-        s.declared_as = written.map(Box::from);
+        self.stages[stage as usize].declared = Some(declared);
         self.refresh(stage);
     }
 
-    /// One more run reached `stage`.
+    /// One more run completed `stage`.
     pub fn count_run(&mut self, stage: u16) {
         let s = &mut self.stages[stage as usize];
         let before = learned_share_needed(s.runs);
@@ -343,7 +336,6 @@ impl PipelineFlow {
                     std::mem::size_of::<FlowStage>()
                         + s.name.len()
                         + s.declared.as_ref().map_or(0, |d| d.capacity() * 2)
-                        + s.declared_as.as_ref().map_or(0, |d| d.len())
                         + s.learned.capacity() * 8
                         + (s.upstream.capacity() + s.downstream.capacity()) * 2
                         + s.hops
@@ -439,7 +431,7 @@ mod tests {
             p.learn(a, b);
         }
         assert_eq!(p.upstream(b), [a]);
-        p.declare(b, &["x", "a", "b", "x"].into_iter().collect(), 8);
+        p.declare(b, ["x", "a", "b", "x"].into_iter(), 8);
         let x = p.stage_id("x").unwrap();
         assert_eq!(
             p.upstream(b),
@@ -448,36 +440,10 @@ mod tests {
         );
         assert_eq!(p.downstream(x), [b]);
         assert_eq!(p.graph().edges[0].source, "declared");
-        p.declare(b, &["a"].into_iter().collect(), 8);
+        p.declare(b, ["a"].into_iter(), 8);
         assert_eq!(p.upstream(b), [a], "a new declaration replaces the old");
         assert!(p.downstream(x).is_empty());
-        p.declare(b, &["y", "z"].into_iter().collect(), 4);
+        p.declare(b, ["y", "z"].into_iter(), 4);
         assert_eq!(p.upstream(b), [p.stage_id("y").unwrap()], "bounded");
-    }
-
-    #[test]
-    fn a_declaration_written_otherwise_is_read_again() {
-        use crate::decode::{decode, DecodeLimits};
-        let limits = DecodeLimits::new(65_536, i64::MAX / 2, 0);
-        let event = |upstream: &str| {
-            format!(
-                r#"{{"pipeline":"p","stage":"c","timestamp":1793491200000,"upstream":[{upstream}]}}"#
-            )
-        };
-        let mut p = PipelineFlow::new("p", 10);
-        let c = p.stage_id_or_add("c", 8).unwrap();
-        for (written, names) in [
-            (r#""a","b""#, ["a", "b"]),
-            (r#""a","b""#, ["a", "b"]),
-            (r#""a", "b""#, ["a", "b"]),
-            (r#""b","a""#, ["b", "a"]),
-            (r#""ab","a""#, ["ab", "a"]),
-        ] {
-            let json = event(written);
-            let upstream = decode(json.as_bytes(), &limits).unwrap().upstream;
-            p.declare(c, &upstream, 8);
-            let ids: Vec<u16> = names.iter().map(|n| p.stage_id(n).unwrap()).collect();
-            assert_eq!(p.upstream(c), ids, "{written}");
-        }
     }
 }

@@ -103,6 +103,76 @@ pub struct SettledFigure {
     pub value: f64,
 }
 
+/// Events an engine has read for the tracker and not handed over yet. An engine hands
+/// them over in batches ([`FlowTracker::observe`], before it moves the tracker's clock),
+/// so that following runs costs one lock per batch rather than one per event, and the
+/// tracker's code and data stay in the caches while it takes a batch in.
+#[derive(Debug, Default)]
+pub struct Sightings {
+    entries: Vec<Sighting>,
+    /// The correlation ids of the entries, one after the other.
+    ids: String,
+    /// The upstream stages an entry's event declared, by the entry's place: only for
+    /// the events whose engine saw the declaration change ([`Sightings::push`]).
+    declarations: Vec<(usize, Vec<Box<str>>)>,
+}
+
+/// One event, as [`Sightings`] holds it until the tracker takes it in: what its
+/// [`Visit`] needs, in one cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
+struct Sighting {
+    key: StageKey,
+    tag: u32,
+    /// Where its correlation id ends in [`Sightings::ids`].
+    id_end: u32,
+    start_ms: i64,
+    end_ms: i64,
+    records_in: Count,
+    records_out: Count,
+    records_rejected: Count,
+    status: Status,
+}
+
+const _: () = assert!(std::mem::size_of::<Sighting>() == 64);
+
+impl Sightings {
+    /// Keeps one valid event of stage `key`, which its engine tags `tag` (the figures
+    /// measured for the stage come back with it), for the tracker. With `declares`, its
+    /// `upstream` goes too: the engine passes it only when it changed, for comparing
+    /// the names with the declared stages takes longer than the rest of the event.
+    /// Events without a correlation id have nothing to follow. Returns how many events
+    /// are waiting.
+    pub fn push(&mut self, key: StageKey, tag: u32, event: &Event, declares: bool) -> usize {
+        let Some(correlation_id) = event.correlation_id.as_deref() else {
+            return self.entries.len();
+        };
+        if declares {
+            let names = event.upstream.names().map(Box::from).collect();
+            self.declarations.push((self.entries.len(), names));
+        }
+        self.ids.push_str(correlation_id);
+        let end_ms = event.timestamp_ms;
+        let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
+        self.entries.push(Sighting {
+            key,
+            tag,
+            id_end: self.ids.len() as u32,
+            start_ms,
+            end_ms,
+            records_in: Count::new(event.records_in),
+            records_out: Count::new(event.records_out),
+            records_rejected: Count::new(event.records_rejected),
+            status: event.status,
+        });
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// Deadlines are cut to this: a hop that takes longer is not a hop a run can be
 /// "stuck" on in any useful sense, and checks must not wait for ever.
 const MAX_DEADLINE_MS: i64 = 7 * 24 * 3_600_000;
@@ -122,6 +192,11 @@ struct Visit {
     records_out: Count,
     records_rejected: Count,
     status: Status,
+    /// When the stage's first failure in the run ended, while a failed run may still be
+    /// found here (`i64::MAX`: no failure, or reported already). Kept once a retry
+    /// succeeds: whether it succeeded in time is a matter of event time, not of whether
+    /// it was read before the check ran.
+    failed_ms: i64,
     /// Stuck or failed is reported once per run and stage.
     reported: bool,
     /// Its records were compared with its upstream stages' (once per run and stage).
@@ -129,7 +204,7 @@ struct Visit {
 }
 
 // Visits are scanned on every event of their run: they stay small.
-const _: () = assert!(std::mem::size_of::<Visit>() <= 48);
+const _: () = assert!(std::mem::size_of::<Visit>() <= 56);
 
 /// A record count of a visit: an `Option<u64>` in 8 bytes rather than 16, for a run's
 /// visits are scanned on every event of the run (`u64::MAX` is none; a count that large
@@ -408,41 +483,44 @@ impl FlowTracker {
         }
     }
 
-    /// Takes in one valid event of stage `key` from source `source`, which tags the
-    /// stage `tag` (the figures measured for the stage come back with it); events
-    /// without a correlation id have nothing to follow. Alerts go to `alerts`.
-    pub fn observe(
-        &mut self,
-        source: usize,
-        key: StageKey,
-        tag: u32,
-        event: &Event,
-        alerts: &mut Vec<Alert>,
-    ) {
-        let Some(correlation_id) = event.correlation_id.as_deref() else {
-            return;
-        };
-        let p = &mut self.pipelines[key.pipeline as usize];
-        p.stages[key.stage as usize].home = (source as u32, tag);
-        if !event.upstream.is_empty() {
-            let max_stages = self.settings.max_stages_per_pipeline;
-            p.declare(key.stage, &event.upstream, max_stages);
+    /// Takes in the sightings of source `source`, in the order it read them, and
+    /// empties `sightings`. What the runs show is judged once they settle, or at their
+    /// checks ([`FlowTracker::advance`]).
+    pub fn observe(&mut self, source: usize, sightings: &mut Sightings) {
+        let mut declarations = sightings.declarations.drain(..).peekable();
+        let mut id_start = 0;
+        for (i, sighting) in sightings.entries.iter().enumerate() {
+            let Sighting {
+                key, tag, id_end, ..
+            } = *sighting;
+            let correlation_id = &sightings.ids[id_start..id_end as usize];
+            id_start = id_end as usize;
+            let p = &mut self.pipelines[key.pipeline as usize];
+            p.stages[key.stage as usize].home = (source as u32, tag);
+            if let Some((_, names)) = declarations.next_if(|(at, _)| *at == i) {
+                let max_stages = self.settings.max_stages_per_pipeline;
+                p.declare(key.stage, names.iter().map(|n| &**n), max_stages);
+            }
+            let visit = Visit {
+                stage: key.stage,
+                start_ms: sighting.start_ms,
+                end_ms: sighting.end_ms,
+                records_in: sighting.records_in,
+                records_out: sighting.records_out,
+                records_rejected: sighting.records_rejected,
+                status: sighting.status,
+                failed_ms: match sighting.status {
+                    Status::Failure => sighting.end_ms,
+                    _ => i64::MAX,
+                },
+                reported: false,
+                loss_checked: false,
+            };
+            let run = self.run_of(key.pipeline, correlation_id, visit.end_ms);
+            self.visit(source, run, visit);
         }
-        let end_ms = event.timestamp_ms;
-        let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
-        let visit = Visit {
-            stage: key.stage,
-            start_ms,
-            end_ms,
-            records_in: Count::new(event.records_in),
-            records_out: Count::new(event.records_out),
-            records_rejected: Count::new(event.records_rejected),
-            status: event.status,
-            reported: false,
-            loss_checked: false,
-        };
-        let run = self.run_of(key.pipeline, correlation_id, end_ms);
-        self.visit(source, run, visit, alerts);
+        sightings.entries.clear();
+        sightings.ids.clear();
     }
 
     fn run(&self, run: RunRef) -> Option<&Run> {
@@ -521,11 +599,10 @@ impl FlowTracker {
         true
     }
 
-    fn visit(&mut self, source: usize, run: RunRef, visit: Visit, alerts: &mut Vec<Alert>) {
+    fn visit(&mut self, source: usize, run: RunRef, visit: Visit) {
         let settings = &self.settings;
         let r = &mut self.runs[run.slot as usize];
         r.last_ms = r.last_ms.max(visit.end_ms);
-        let p = &mut self.pipelines[r.pipeline as usize];
         let stage = visit.stage;
 
         // A stage's visit is complete when it succeeds (or skips); failures and retries
@@ -543,14 +620,16 @@ impl FlowTracker {
                     return;
                 }
                 visit.start_ms = visit.start_ms.min(earlier.start_ms);
+                if !earlier.reported {
+                    visit.failed_ms = earlier.failed_ms;
+                }
                 r.visits[i] = visit;
             }
             None => {
-                p.count_run(stage);
                 r.visits.push(visit);
                 if attempt {
-                    if visit.status == Status::Failure {
-                        let due = recovery_due(settings, &visit);
+                    if visit.failed_ms != i64::MAX {
+                        let due = recovery_due(settings, visit.failed_ms);
                         schedule(&mut self.checks, settings.max_runs, r, run, due);
                     }
                     return;
@@ -565,28 +644,13 @@ impl FlowTracker {
         if queue.len() < 4 * settings.max_runs {
             queue.push_back((visit.end_ms + self.lateness_ms, run, stage));
         }
-
-        // The deadlines of the stages this one feeds that the run has not reached.
-        let mut due = i64::MAX;
-        for &to in p.downstream(stage) {
-            if !r.visits.iter().any(|v| v.stage == to) {
-                due = due.min(arrival_due(settings, self.min_runs, p, &visit, to));
-            }
-        }
-        schedule(&mut self.checks, settings.max_runs, r, run, due);
-
-        if visit.status == Status::Success {
-            let key = StageKey {
-                pipeline: r.pipeline,
-                stage,
-            };
-            self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
-        }
     }
 
     /// A run's visit of `stage` has settled: every stage that ended before it has
     /// reported, whatever partitions they came through. Only now does the run count for
-    /// the lineage and are its records compared with its upstream stages'.
+    /// the lineage, are its records compared with its upstream stages', and does a
+    /// success count against failed runs (in the order of event time with the checks
+    /// that find them, see [`FlowTracker::advance`]).
     fn settle(&mut self, run: RunRef, stage: u16, alerts: &mut Vec<Alert>) {
         let Some(r) = self
             .runs
@@ -596,10 +660,6 @@ impl FlowTracker {
             return;
         };
         let p = &mut self.pipelines[r.pipeline as usize];
-        // Where producers declare the lineage, runs need not teach it.
-        if p.stages[stage as usize].declared.is_none() {
-            relearn(p, r, stage, &mut self.scratch_edges);
-        }
         let Some(i) = r
             .visits
             .iter()
@@ -607,11 +667,41 @@ impl FlowTracker {
         else {
             return;
         };
+        let visit = r.visits[i];
+        // Everything below reads the lineage and the hops' delays as they stand at
+        // this point of event time, which is why runs count for them here rather than
+        // as their events are read: what the tracker finds must not depend on how far
+        // it had got when an engine handed it the events.
+        p.count_run(stage);
+        // Where producers declare the lineage, runs need not teach it.
+        if p.stages[stage as usize].declared.is_none() {
+            relearn(p, r, stage, &mut self.scratch_edges);
+        }
+        // The deadlines of the stages this one feeds, unless the run has reached them
+        // in time already.
+        let mut due = i64::MAX;
+        for &to in p.downstream(stage) {
+            let arrival = arrival_due(&self.settings, self.min_runs, p, &visit, to);
+            if !r
+                .visits
+                .iter()
+                .any(|w| w.stage == to && w.end_ms <= arrival)
+            {
+                due = due.min(arrival);
+            }
+        }
+        schedule(&mut self.checks, self.settings.max_runs, r, run, due);
+        let key = StageKey {
+            pipeline: r.pipeline,
+            stage,
+        };
         let upstream_count = p.upstream(stage).len();
-        if upstream_count == 0 || r.visits[i].loss_checked {
+        if upstream_count == 0 || visit.loss_checked {
+            if visit.status == Status::Success {
+                self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
+            }
             return;
         }
-        let visit = r.visits[i];
         // One pass over the hops into this stage, for when the last of its upstream
         // stages ended, what they wrote, and whether the run kept each hop's deadline.
         let mut ready = Some(i64::MIN);
@@ -649,10 +739,6 @@ impl FlowTracker {
             .then(|| ancestry_start(p, r, stage, &mut self.scratch_walk))
             .flatten()
             .map(|first_start| (visit.end_ms - first_start).max(0) as f64);
-        let key = StageKey {
-            pipeline: r.pipeline,
-            stage,
-        };
         let (home, tag) = p.stages[stage as usize].home;
         let figures = [
             (FlowMetric::HopDelay, hop_delay),
@@ -683,6 +769,9 @@ impl FlowTracker {
             }
             _ => None,
         };
+        if visit.status == Status::Success {
+            self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
+        }
         if arrived_in_time == Some(true) {
             self.judge(run, key, Finding::Arrived, visit.end_ms, alerts);
         }
@@ -715,24 +804,37 @@ impl FlowTracker {
             return;
         }
         self.now_ms = now;
-        // One queue per source: a partition delivers its events nearly in time order
-        // (within the lateness), so a queue rather than a heap, and one settling a little
-        // late costs nothing; but two partitions can be days apart while catching up.
-        for q in 0..self.sources.len() {
-            while let Some(&(due, run, stage)) = self.sources[q].settling.front() {
-                if due > now {
-                    break;
+        // Settling and checks, merged in the order of event time: the lifecycles they
+        // feed see successes and failures, arrivals and stuck runs in the order they
+        // happened, however often (in event time) the engines call this, so replay and
+        // live processing alert alike. One settling queue per source: a partition
+        // delivers its events nearly in time order (within the lateness), so a queue
+        // rather than a heap, and one settling a little late costs nothing; but two
+        // partitions can be days apart while catching up. Checks wait for the lateness
+        // too: a run is stuck, or failed, only once nothing that ended before its
+        // deadline can still arrive.
+        loop {
+            let settling = (self.sources.iter().enumerate())
+                .filter_map(|(q, s)| Some((s.settling.front()?.0, q)))
+                .min()
+                .filter(|&(at, _)| at <= now);
+            let check = (self.checks.peek())
+                .map(|&Reverse((due, run))| (due, run))
+                .filter(|&(due, _)| due.saturating_add(self.lateness_ms) <= now);
+            match (settling, check) {
+                (Some((at, q)), check)
+                    if check.is_none_or(|(due, _)| at <= due.saturating_add(self.lateness_ms)) =>
+                {
+                    if let Some((_, run, stage)) = self.sources[q].settling.pop_front() {
+                        self.settle(run, stage, alerts);
+                    }
                 }
-                self.sources[q].settling.pop_front();
-                self.settle(run, stage, alerts);
+                (_, Some((due, run))) => {
+                    self.checks.pop();
+                    self.check(run, due, alerts);
+                }
+                _ => break,
             }
-        }
-        while let Some(&Reverse((due, run))) = self.checks.peek() {
-            if due > now {
-                break;
-            }
-            self.checks.pop();
-            self.check(run, due, alerts);
         }
         let ttl = self.settings.run_ttl.as_millis() as i64;
         while let Some(&run) = self.order.front() {
@@ -772,25 +874,29 @@ impl FlowTracker {
             if v.reported {
                 continue;
             }
-            if v.status == Status::Failure {
-                let due = recovery_due(settings, &v);
-                if due <= due_ms {
+            if v.failed_ms != i64::MAX {
+                let due = recovery_due(settings, v.failed_ms);
+                if due > due_ms {
+                    next = next.min(due);
+                } else if is_attempt(&v) || v.end_ms > due {
                     r.visits[i].reported = true;
                     self.stats.failed_runs += 1;
-                    found.push((v.stage, Finding::Failed, v.end_ms));
+                    found.push((v.stage, Finding::Failed, v.failed_ms));
+                    continue;
                 } else {
-                    next = next.min(due);
+                    r.visits[i].failed_ms = i64::MAX;
                 }
-                continue;
             }
             if is_attempt(&v) {
                 continue;
             }
             for &to in p.downstream(v.stage) {
-                if r.visits.iter().any(|w| w.stage == to) {
+                let due = arrival_due(settings, self.min_runs, p, &v, to);
+                // Reached by the deadline, in event time: a run read after its deadline
+                // but before the check ran arrived late all the same.
+                if r.visits.iter().any(|w| w.stage == to && w.end_ms <= due) {
                     continue;
                 }
-                let due = arrival_due(settings, self.min_runs, p, &v, to);
                 if due <= due_ms {
                     // Once per stage left: the run is stuck there, however many
                     // stages it feeds.
@@ -1130,8 +1236,8 @@ fn arrival_due(
 
 /// When a run that failed at `failed` is a failed run, unless a retry succeeds before:
 /// `flow.stuck_min` later.
-fn recovery_due(settings: &FlowSettings, failed: &Visit) -> i64 {
-    failed.end_ms.saturating_add(deadline_ms(settings, 0.0))
+fn recovery_due(settings: &FlowSettings, failed_ms: i64) -> i64 {
+    failed_ms.saturating_add(deadline_ms(settings, 0.0))
 }
 
 /// Has `run` checked by `due_ms` at the latest: one check per run waits in `checks`, for
