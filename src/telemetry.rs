@@ -60,6 +60,7 @@ pub struct Telemetry {
 
     pub flow_runs: IntGauge,
     pub flow_runs_forgotten: IntCounterVec,
+    pub flow_dropped: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -289,6 +290,14 @@ impl Telemetry {
                  (flow.run_ttl after their last event)",
                 &["reason"],
             ),
+            flow_dropped: counter_vec(
+                r,
+                "pipewatch_flow_dropped_total",
+                "What data-flow tracking passed over to stay within its bounds: events of \
+                 stages beyond flow.max_stages_per_pipeline, visits that never settled, \
+                 deadlines never checked, figures no engine took",
+                &["what"],
+            ),
             registry,
         };
         // Series of known label values exist from the start at 0: a series born at its
@@ -304,6 +313,9 @@ impl Telemetry {
         }
         for reason in ["capacity", "expired"] {
             telemetry.flow_runs_forgotten.with_label_values(&[reason]);
+        }
+        for what in ["stages", "visits", "checks", "figures"] {
+            telemetry.flow_dropped.with_label_values(&[what]);
         }
         telemetry
     }
@@ -342,6 +354,14 @@ impl Telemetry {
             &self.flow_runs_forgotten.with_label_values(&["expired"]),
             stats.runs_expired,
         );
+        for (what, total) in [
+            ("stages", stats.stages_over_limit),
+            ("visits", stats.visits_dropped),
+            ("checks", stats.checks_dropped),
+            ("figures", stats.figures_dropped),
+        ] {
+            mirror(&self.flow_dropped.with_label_values(&[what]), total);
+        }
     }
 
     pub fn record_alert(&self, alert: &Alert) {

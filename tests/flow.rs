@@ -531,3 +531,33 @@ fn what_the_tracker_finds_does_not_depend_on_how_often_it_is_told_the_time() {
         assert_eq!(found(every_ms), every_event, "told every {every_ms} ms");
     }
 }
+
+#[test]
+fn visits_beyond_the_settling_bound_are_counted_not_kept() {
+    use pipewatch::decode::{decode, DecodeLimits};
+    use pipewatch::flow::{FlowTracker, Sightings};
+
+    // Two runs at most, so at most eight visits wait to settle per engine.
+    let settings = Settings::load_with_env(
+        None,
+        [("PIPEWATCH__FLOW__MAX_RUNS".to_string(), "2".to_string())],
+    )
+    .unwrap();
+    let limits = DecodeLimits::new(65_536, i64::MAX / 2, 0);
+    let mut tracker = FlowTracker::new(&settings);
+    let source = tracker.add_source();
+    let key = tracker.stage_key("p", "a").unwrap();
+    let mut sightings = Sightings::default();
+    for n in 0..20 {
+        let json = format!(
+            r#"{{"pipeline":"p","stage":"a","timestamp":{},"correlation_id":"run-{n}"}}"#,
+            T0 + n
+        );
+        sightings.push(key, 0, &decode(json.as_bytes(), &limits).unwrap(), false);
+    }
+    tracker.observe(source, &mut sightings);
+    let stats = tracker.stats();
+    assert_eq!(stats.visits_dropped, 12, "{stats:?}");
+    assert_eq!(stats.runs_evicted, 18, "{stats:?}");
+    assert!(sightings.is_empty(), "taken in");
+}

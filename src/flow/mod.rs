@@ -126,11 +126,7 @@ struct Sighting {
     tag: u32,
     /// Where its correlation id ends in [`Sightings::ids`].
     id_end: u32,
-    start_ms: i64,
-    end_ms: i64,
-    records_in: Count,
-    records_out: Count,
-    records_rejected: Count,
+    report: Report,
     status: Status,
 }
 
@@ -152,17 +148,11 @@ impl Sightings {
             self.declarations.push((self.entries.len(), names));
         }
         self.ids.push_str(correlation_id);
-        let end_ms = event.timestamp_ms;
-        let start_ms = end_ms - event.duration_ms.map_or(0, |d| d.round() as i64);
         self.entries.push(Sighting {
             key,
             tag,
             id_end: self.ids.len() as u32,
-            start_ms,
-            end_ms,
-            records_in: Count::new(event.records_in),
-            records_out: Count::new(event.records_out),
-            records_rejected: Count::new(event.records_rejected),
+            report: Report::of(event),
             status: event.status,
         });
         self.entries.len()
@@ -182,15 +172,35 @@ const LOSS: usize = 0;
 const STUCK: usize = 1;
 const FAILED: usize = 2;
 
-/// One stage's part in one run.
+/// What an event says of its stage's part in a run. (Its status is kept beside it, so
+/// that a [`Visit`] and a [`Sighting`] pack it with their other small fields.)
 #[derive(Debug, Clone, Copy)]
-struct Visit {
-    stage: u16,
+struct Report {
     start_ms: i64,
     end_ms: i64,
     records_in: Count,
     records_out: Count,
     records_rejected: Count,
+}
+
+impl Report {
+    fn of(event: &Event) -> Report {
+        let end_ms = event.timestamp_ms;
+        Report {
+            start_ms: end_ms - event.duration_ms.map_or(0, |d| d.round() as i64),
+            end_ms,
+            records_in: Count::new(event.records_in),
+            records_out: Count::new(event.records_out),
+            records_rejected: Count::new(event.records_rejected),
+        }
+    }
+}
+
+/// One stage's part in one run.
+#[derive(Debug, Clone, Copy)]
+struct Visit {
+    stage: u16,
+    report: Report,
     status: Status,
     /// When the stage's first failure in the run ended, while a failed run may still be
     /// found here (`i64::MAX`: no failure, or reported already). Kept once a retry
@@ -340,6 +350,11 @@ pub struct FlowStats {
     /// Figures no engine took: more waiting for one engine than `4 × flow.max_runs`, or
     /// waiting for an engine that went away.
     pub figures_dropped: u64,
+    /// Visits never settled (so never compared, learned from or given deadlines): more
+    /// waiting to settle for one engine than `4 × flow.max_runs`.
+    pub visits_dropped: u64,
+    /// Deadlines never checked: more checks waiting than `4 × flow.max_runs`.
+    pub checks_dropped: u64,
 }
 
 pub struct FlowTracker {
@@ -503,20 +518,16 @@ impl FlowTracker {
             }
             let visit = Visit {
                 stage: key.stage,
-                start_ms: sighting.start_ms,
-                end_ms: sighting.end_ms,
-                records_in: sighting.records_in,
-                records_out: sighting.records_out,
-                records_rejected: sighting.records_rejected,
+                report: sighting.report,
                 status: sighting.status,
                 failed_ms: match sighting.status {
-                    Status::Failure => sighting.end_ms,
+                    Status::Failure => sighting.report.end_ms,
                     _ => i64::MAX,
                 },
                 reported: false,
                 loss_checked: false,
             };
-            let run = self.run_of(key.pipeline, correlation_id, visit.end_ms);
+            let run = self.run_of(key.pipeline, correlation_id, visit.report.end_ms);
             self.visit(source, run, visit);
         }
         sightings.entries.clear();
@@ -602,7 +613,7 @@ impl FlowTracker {
     fn visit(&mut self, source: usize, run: RunRef, visit: Visit) {
         let settings = &self.settings;
         let r = &mut self.runs[run.slot as usize];
-        r.last_ms = r.last_ms.max(visit.end_ms);
+        r.last_ms = r.last_ms.max(visit.report.end_ms);
         let stage = visit.stage;
 
         // A stage's visit is complete when it succeeds (or skips); failures and retries
@@ -616,10 +627,10 @@ impl FlowTracker {
                     // A duplicate report, or one more attempt: nothing new but, for an
                     // attempt delivered after its success, when the visit started.
                     let v = &mut r.visits[i];
-                    v.start_ms = v.start_ms.min(visit.start_ms);
+                    v.report.start_ms = v.report.start_ms.min(visit.report.start_ms);
                     return;
                 }
-                visit.start_ms = visit.start_ms.min(earlier.start_ms);
+                visit.report.start_ms = visit.report.start_ms.min(earlier.report.start_ms);
                 if !earlier.reported {
                     visit.failed_ms = earlier.failed_ms;
                 }
@@ -630,7 +641,14 @@ impl FlowTracker {
                 if attempt {
                     if visit.failed_ms != i64::MAX {
                         let due = recovery_due(settings, visit.failed_ms);
-                        schedule(&mut self.checks, settings.max_runs, r, run, due);
+                        schedule(
+                            &mut self.checks,
+                            settings.max_runs,
+                            r,
+                            run,
+                            due,
+                            &mut self.stats.checks_dropped,
+                        );
                     }
                     return;
                 }
@@ -642,7 +660,9 @@ impl FlowTracker {
         // its end plus the allowed lateness), the run settles here (see `settle`).
         let queue = &mut self.sources[source].settling;
         if queue.len() < 4 * settings.max_runs {
-            queue.push_back((visit.end_ms + self.lateness_ms, run, stage));
+            queue.push_back((visit.report.end_ms + self.lateness_ms, run, stage));
+        } else {
+            self.stats.visits_dropped += 1;
         }
     }
 
@@ -685,12 +705,19 @@ impl FlowTracker {
             if !r
                 .visits
                 .iter()
-                .any(|w| w.stage == to && w.end_ms <= arrival)
+                .any(|w| w.stage == to && w.report.end_ms <= arrival)
             {
                 due = due.min(arrival);
             }
         }
-        schedule(&mut self.checks, self.settings.max_runs, r, run, due);
+        schedule(
+            &mut self.checks,
+            self.settings.max_runs,
+            r,
+            run,
+            due,
+            &mut self.stats.checks_dropped,
+        );
         let key = StageKey {
             pipeline: r.pipeline,
             stage,
@@ -698,7 +725,7 @@ impl FlowTracker {
         let upstream_count = p.upstream(stage).len();
         if upstream_count == 0 || visit.loss_checked {
             if visit.status == Status::Success {
-                self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
+                self.judge(run, key, Finding::Completed, visit.report.end_ms, alerts);
             }
             return;
         }
@@ -713,14 +740,14 @@ impl FlowTracker {
                 (ready, fed) = (None, None);
                 continue;
             };
-            ready = ready.map(|latest| latest.max(up.end_ms));
+            ready = ready.map(|latest| latest.max(up.report.end_ms));
             fed = fed
-                .zip(up.records_out.get())
+                .zip(up.report.records_out.get())
                 .map(|(sum, out)| sum.saturating_add(out));
             // Each hop's delays (upstream end to this end) train its stuck-run deadline;
             // a run that arrived within it ends a stuck alert.
             let hop = p.hop_mut(from, stage);
-            let arrival_ms = visit.end_ms - up.end_ms;
+            let arrival_ms = visit.report.end_ms - up.report.end_ms;
             if hop.carried >= self.min_runs {
                 let deadline = deadline_ms(&self.settings, hop.p95_ms());
                 arrived_in_time = Some(arrived_in_time.unwrap_or(true) && arrival_ms <= deadline);
@@ -732,13 +759,13 @@ impl FlowTracker {
         // to its first attempt's start; and at a final stage, the run's end-to-end
         // latency. Taken now that the run's reports are all in: a retry delivered after
         // its success would otherwise move the start.
-        let hop_delay = ready.map(|ready| (visit.start_ms - ready).max(0) as f64);
+        let hop_delay = ready.map(|ready| (visit.report.start_ms - ready).max(0) as f64);
         let final_stage =
             p.downstream(stage).is_empty() && p.stages[stage as usize].runs >= self.min_runs;
         let e2e_latency = final_stage
             .then(|| ancestry_start(p, r, stage, &mut self.scratch_walk))
             .flatten()
-            .map(|first_start| (visit.end_ms - first_start).max(0) as f64);
+            .map(|first_start| (visit.report.end_ms - first_start).max(0) as f64);
         let (home, tag) = p.stages[stage as usize].home;
         let figures = [
             (FlowMetric::HopDelay, hop_delay),
@@ -753,7 +780,7 @@ impl FlowTracker {
                     source.settled.push(SettledFigure {
                         key,
                         tag,
-                        end_ms: visit.end_ms,
+                        end_ms: visit.report.end_ms,
                         metric,
                         value,
                     });
@@ -762,7 +789,7 @@ impl FlowTracker {
             }
         }
 
-        let records = match (fed, visit.records_in.get()) {
+        let records = match (fed, visit.report.records_in.get()) {
             (Some(fed), Some(read)) => {
                 r.visits[i].loss_checked = true;
                 Some(Finding::Records(Loss::new(&self.settings, fed, read)))
@@ -770,13 +797,13 @@ impl FlowTracker {
             _ => None,
         };
         if visit.status == Status::Success {
-            self.judge(run, key, Finding::Completed, visit.end_ms, alerts);
+            self.judge(run, key, Finding::Completed, visit.report.end_ms, alerts);
         }
         if arrived_in_time == Some(true) {
-            self.judge(run, key, Finding::Arrived, visit.end_ms, alerts);
+            self.judge(run, key, Finding::Arrived, visit.report.end_ms, alerts);
         }
         if let Some(records) = records {
-            self.judge(run, key, records, visit.end_ms, alerts);
+            self.judge(run, key, records, visit.report.end_ms, alerts);
         }
     }
 
@@ -878,7 +905,7 @@ impl FlowTracker {
                 let due = recovery_due(settings, v.failed_ms);
                 if due > due_ms {
                     next = next.min(due);
-                } else if is_attempt(&v) || v.end_ms > due {
+                } else if is_attempt(&v) || v.report.end_ms > due {
                     r.visits[i].reported = true;
                     self.stats.failed_runs += 1;
                     found.push((v.stage, Finding::Failed, v.failed_ms));
@@ -894,7 +921,10 @@ impl FlowTracker {
                 let due = arrival_due(settings, self.min_runs, p, &v, to);
                 // Reached by the deadline, in event time: a run read after its deadline
                 // but before the check ran arrived late all the same.
-                if r.visits.iter().any(|w| w.stage == to && w.end_ms <= due) {
+                if r.visits
+                    .iter()
+                    .any(|w| w.stage == to && w.report.end_ms <= due)
+                {
                     continue;
                 }
                 if due <= due_ms {
@@ -902,7 +932,7 @@ impl FlowTracker {
                     // stages it feeds.
                     r.visits[i].reported = true;
                     self.stats.stuck_runs += 1;
-                    let left_ms = v.end_ms;
+                    let left_ms = v.report.end_ms;
                     found.push((
                         to,
                         Finding::Stuck {
@@ -917,7 +947,14 @@ impl FlowTracker {
             }
         }
         let pipeline = r.pipeline;
-        schedule(&mut self.checks, settings.max_runs, r, run, next);
+        schedule(
+            &mut self.checks,
+            settings.max_runs,
+            r,
+            run,
+            next,
+            &mut self.stats.checks_dropped,
+        );
         for (stage, finding, at_ms) in found.drain(..) {
             self.judge(run, StageKey { pipeline, stage }, finding, at_ms, alerts);
         }
@@ -1127,7 +1164,7 @@ impl FlowTracker {
     fn trace<'a>(&'a self, run: &'a Run) -> RunTrace<'a> {
         let p = &self.pipelines[run.pipeline as usize];
         let mut visits = run.visits.clone();
-        visits.sort_by_key(|v| (v.start_ms, v.end_ms));
+        visits.sort_by_key(|v| (v.report.start_ms, v.report.end_ms));
         let stages = visits
             .iter()
             .map(|v| {
@@ -1138,26 +1175,26 @@ impl FlowTracker {
                         let up = run.visits.iter().find(|u| u.stage == from)?;
                         Some(HopTrace {
                             from: &p.stages[from as usize].name,
-                            delay_ms: v.start_ms - up.end_ms,
-                            records_out: up.records_out.get(),
+                            delay_ms: v.report.start_ms - up.report.end_ms,
+                            records_out: up.report.records_out.get(),
                         })
                     })
                     .collect();
                 StageTrace {
                     stage: &p.stages[v.stage as usize].name,
-                    start: v.start_ms,
-                    end: v.end_ms,
-                    duration_ms: v.end_ms - v.start_ms,
+                    start: v.report.start_ms,
+                    end: v.report.end_ms,
+                    duration_ms: v.report.end_ms - v.report.start_ms,
                     status: status_name(v.status),
-                    records_in: v.records_in.get(),
-                    records_out: v.records_out.get(),
-                    records_rejected: v.records_rejected.get(),
+                    records_in: v.report.records_in.get(),
+                    records_out: v.report.records_out.get(),
+                    records_rejected: v.report.records_rejected.get(),
                     hops,
                 }
             })
             .collect::<Vec<_>>();
-        let start = visits.iter().map(|v| v.start_ms).min().unwrap_or(0);
-        let end = visits.iter().map(|v| v.end_ms).max().unwrap_or(0);
+        let start = visits.iter().map(|v| v.report.start_ms).min().unwrap_or(0);
+        let end = visits.iter().map(|v| v.report.end_ms).max().unwrap_or(0);
         RunTrace {
             pipeline: &p.name,
             correlation_id: run.correlation_id.as_str(),
@@ -1228,6 +1265,7 @@ fn arrival_due(
 ) -> i64 {
     match p.hop(left.stage, to) {
         Some(hop) if hop.carried >= min_runs => left
+            .report
             .end_ms
             .saturating_add(deadline_ms(settings, hop.p95_ms())),
         _ => i64::MAX,
@@ -1241,17 +1279,23 @@ fn recovery_due(settings: &FlowSettings, failed_ms: i64) -> i64 {
 }
 
 /// Has `run` checked by `due_ms` at the latest: one check per run waits in `checks`, for
-/// the earliest of its deadlines (none for `i64::MAX`).
+/// the earliest of its deadlines (none for `i64::MAX`). A check the queue has no room
+/// for is counted in `dropped`.
 fn schedule(
     checks: &mut BinaryHeap<Reverse<(i64, RunRef)>>,
     max_runs: usize,
     r: &mut Run,
     run: RunRef,
     due_ms: i64,
+    dropped: &mut u64,
 ) {
+    if due_ms >= r.check_ms {
+        return;
+    }
     // Bounded like the runs: checks superseded by earlier ones wait in the queue
     // until they fall due, and must not pile up.
-    if due_ms >= r.check_ms || checks.len() >= 4 * max_runs {
+    if checks.len() >= 4 * max_runs {
+        *dropped += 1;
         return;
     }
     r.check_ms = due_ms;
@@ -1273,10 +1317,10 @@ fn relearn(p: &mut PipelineFlow, run: &mut Run, stage: u16, edges: &mut Vec<(u16
     let before = || {
         run.visits
             .iter()
-            .filter(|v| !is_attempt(v) && v.stage != stage && v.end_ms <= b.start_ms)
+            .filter(|v| !is_attempt(v) && v.stage != stage && v.report.end_ms <= b.report.start_ms)
     };
     for v in before() {
-        if !before().any(|w| w.stage != v.stage && w.start_ms >= v.end_ms) {
+        if !before().any(|w| w.stage != v.stage && w.report.start_ms >= v.report.end_ms) {
             edges.push((v.stage, stage));
         }
     }
@@ -1317,7 +1361,7 @@ fn ancestry_start(p: &PipelineFlow, run: &Run, stage: u16, walk: &mut Vec<u16>) 
     mark(stage);
     let mut start = i64::MAX;
     while let Some(s) = walk.pop() {
-        start = start.min(completed(run, s)?.start_ms);
+        start = start.min(completed(run, s)?.report.start_ms);
         for &u in p.upstream(s) {
             if mark(u) {
                 walk.push(u);
