@@ -601,11 +601,15 @@ impl Engine {
     }
 
     /// End of a finite input (replay): closes every bucket that is complete, without
-    /// inventing time beyond the last event, and hands what the data-flow tracker has
-    /// not seen yet over to it. The bucket the input ends in is partial:
+    /// inventing time beyond the last event. The data-flow tracker first gets what it
+    /// has not seen and the last event's time, so that the figures of those buckets are
+    /// in. The bucket the input ends in is partial:
     /// scoring it would read a healthy stage's last seconds as a drop.
     pub fn finish(&mut self, out: &mut Outputs) {
-        self.hand_over_sightings();
+        match self.watermark_ms {
+            Some(wm) => self.advance_flow(wm, out),
+            None => self.hand_over_sightings(),
+        }
         if let Some(wm) = self.watermark_ms {
             let last = (wm + 1).div_euclid(self.bucket_ms) - 1;
             while self.closed_through < last {
@@ -832,8 +836,11 @@ impl Drop for Engine {
         if let Some((flow, source)) = &self.flow {
             // Not `flow::lock`: a drop while unwinding must not panic again.
             let mut tracker = flow.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Its partition's runs go on in other engines, or after a restart.
-            tracker.observe(*source, &mut self.sightings);
+            // What it applied counts for runs that go on in other engines; but not
+            // while unwinding, when the tracker may be what failed.
+            if !std::thread::panicking() {
+                tracker.observe(*source, &mut self.sightings);
+            }
             tracker.remove_source(*source);
         }
     }

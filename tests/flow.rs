@@ -463,59 +463,72 @@ fn what_the_tracker_finds_does_not_depend_on_how_often_it_is_told_the_time() {
     use pipewatch::flow::{FlowTracker, Sightings};
 
     // Runs of `a` → `b`, one a minute. After ten normal ones, `b` fails now and then and
-    // is retried 80 s to 160 s later (around the 2 minute deadline), or never reports,
-    // or reports after the deadline: the failed-run and stuck-run lifecycles flap, and
-    // what they alert depends on the order they see successes and failures in.
+    // is retried 80 s to 160 s later (around the 2 minute deadline), or 9 minutes later
+    // (a failed run, but one that reached `b` in time), or never reports, or reports after
+    // the deadline: the failed-run and stuck-run lifecycles flap, and what they alert
+    // depends on the order they see successes and failures in. Every fifth run's `b` is
+    // read before its `a` (within the allowed lateness, as from another partition).
     let mut events = Vec::new();
     for n in 0..120i64 {
         let start = T0 + n * MINUTE;
         let a_end = start + 5_000;
-        events.push((a_end, "a", "success", n));
+        events.push((a_end, a_end, "a", "success", n));
+        let mut b = |end: i64, status| {
+            let read = if n % 5 == 0 { a_end - 1 } else { end };
+            events.push((read, end, "b", status, n));
+        };
         match n {
-            0..10 => events.push((a_end + 5_000, "b", "success", n)),
+            0..10 => b(a_end + 5_000, "success"),
             _ if n % 7 == 3 => {
-                events.push((a_end + 5_000, "b", "failure", n));
-                let retry = 80_000 + (n % 5) * 20_000;
-                events.push((a_end + 5_000 + retry, "b", "success", n));
+                b(a_end + 5_000, "failure");
+                b(a_end + 85_000 + (n % 5) * 20_000, "success");
+            }
+            _ if n % 17 == 8 => {
+                b(a_end + 60_000, "failure");
+                b(a_end + 600_000, "success");
             }
             _ if n % 11 == 5 => {}
-            _ if n % 13 == 6 => events.push((a_end + 150_000, "b", "success", n)),
-            _ => events.push((a_end + 5_000, "b", "success", n)),
+            _ if n % 13 == 6 => b(a_end + 150_000, "success"),
+            _ => b(a_end + 5_000, "success"),
         }
     }
-    events.sort_by_key(|&(ts, ..)| ts);
+    events.sort_by_key(|&(read, ..)| read);
     let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
     let limits = DecodeLimits::new(65_536, i64::MAX / 2, 0);
 
-    // Told after every event, or only every `every_ms` of event time.
-    let found = |every_ms: i64| {
+    // Told after every event, or only every `every_ms` of event time; with one source,
+    // or with `a` and `b` from two (as two partitions' engines), each told on its own.
+    let found = |every_ms: i64, sources: usize| {
         let mut tracker = FlowTracker::new(&settings);
-        let source = tracker.add_source();
+        let ids: Vec<usize> = (0..sources).map(|_| tracker.add_source()).collect();
         let keys = ["a", "b"].map(|s| tracker.stage_key("p", s).unwrap());
-        let mut sightings = Sightings::default();
+        let mut sightings: Vec<Sightings> = (0..sources).map(|_| Sightings::default()).collect();
+        let mut told_ms = vec![i64::MIN; sources];
         let mut alerts = Vec::new();
-        let mut told_ms = i64::MIN;
-        for &(ts, stage, status, n) in &events {
+        for &(read, end, stage, status, n) in &events {
             let json = format!(
-                r#"{{"pipeline":"p","stage":"{stage}","timestamp":{ts},"correlation_id":"run-{n}","duration_ms":2000,"status":"{status}","records_in":100,"records_out":100}}"#
+                r#"{{"pipeline":"p","stage":"{stage}","timestamp":{end},"correlation_id":"run-{n}","duration_ms":2000,"status":"{status}","records_in":100,"records_out":100}}"#
             );
             let event = decode(json.as_bytes(), &limits).unwrap();
-            let key = keys[usize::from(stage == "b")];
-            sightings.push(key, 0, &event, false);
-            if ts >= told_ms.saturating_add(every_ms) {
-                tracker.observe(source, &mut sightings);
-                tracker.advance(source, ts, &mut alerts);
-                told_ms = ts;
+            let b = usize::from(stage == "b");
+            let q = b % sources;
+            sightings[q].push(keys[b], 0, &event, false);
+            if read >= told_ms[q].saturating_add(every_ms) {
+                tracker.observe(ids[q], &mut sightings[q]);
+                tracker.advance(ids[q], read, &mut alerts);
+                told_ms[q] = read;
             }
         }
-        tracker.observe(source, &mut sightings);
-        tracker.advance(source, T0 + 200 * MINUTE, &mut alerts);
+        for q in 0..sources {
+            tracker.observe(ids[q], &mut sightings[q]);
+            tracker.advance(ids[q], T0 + 200 * MINUTE, &mut alerts);
+        }
         alerts
             .into_iter()
             .map(|a| (a.kind, a.status, a.correlation_ids, a.starts_at, a.summary))
             .collect::<Vec<_>>()
     };
-    let every_event = found(0);
+    let every_event = found(0, 1);
     let kinds = |status: AlertStatus| {
         let mut kinds: Vec<&str> = (every_event.iter())
             .filter(|a| a.1 == status)
@@ -527,8 +540,23 @@ fn what_the_tracker_finds_does_not_depend_on_how_often_it_is_told_the_time() {
     };
     assert_eq!(kinds(AlertStatus::Firing), ["failed_run", "stuck_run"]);
     assert_eq!(kinds(AlertStatus::Resolved), ["failed_run", "stuck_run"]);
-    for every_ms in [10_000, 60_000, 7 * MINUTE] {
-        assert_eq!(found(every_ms), every_event, "told every {every_ms} ms");
+    // A run that reached `b` with a failure in time is a failed run, not a stuck one.
+    for a in every_event.iter().filter(|a| a.0 == "stuck_run") {
+        let n: i64 = a.2[0].trim_start_matches("run-").parse().unwrap();
+        assert!(n % 17 != 8 || n % 7 == 3, "{a:?}");
+    }
+    for (every_ms, sources) in [
+        (10_000, 1),
+        (60_000, 1),
+        (7 * MINUTE, 1),
+        (0, 2),
+        (60_000, 2),
+    ] {
+        assert_eq!(
+            found(every_ms, sources),
+            every_event,
+            "told every {every_ms} ms, {sources} source(s)"
+        );
     }
 }
 

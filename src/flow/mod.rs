@@ -202,15 +202,29 @@ struct Visit {
     stage: u16,
     report: Report,
     status: Status,
-    /// When the stage's first failure in the run ended, while a failed run may still be
-    /// found here (`i64::MAX`: no failure, or reported already). Kept once a retry
-    /// succeeds: whether it succeeded in time is a matter of event time, not of whether
-    /// it was read before the check ran.
-    failed_ms: i64,
-    /// Stuck or failed is reported once per run and stage.
+    /// When the run reached the stage: the end of the earliest of its reports there,
+    /// attempts included. Deadlines are kept or missed in event time, whichever report
+    /// was read first and whenever the check ran.
+    reached_ms: i64,
+    /// Whether a failure here still waits for a success (`flow.stuck_min` from
+    /// `reached_ms`), through a retry's success replacing the attempt.
+    recovery: Recovery,
+    /// A stuck run is reported once per run and stage left.
     reported: bool,
     /// Its records were compared with its upstream stages' (once per run and stage).
     loss_checked: bool,
+}
+
+/// A visit's standing as a possibly failed run. Ordered: a later report of the stage
+/// never moves it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Recovery {
+    /// No failure reported here.
+    NotNeeded,
+    /// A failure reported, and a success by the deadline would make up for it.
+    Awaited,
+    /// Reported as a failed run, or made up for in time: settled either way.
+    Settled,
 }
 
 // Visits are scanned on every event of their run: they stay small.
@@ -275,8 +289,6 @@ enum SourceClock {
 #[derive(Debug)]
 struct Source {
     clock: SourceClock,
-    /// Visits it reported, waiting to settle: (when, run, stage), oldest first.
-    settling: VecDeque<(i64, RunRef, u16)>,
     /// Figures for the stages it reported, waiting for it to take them.
     settled: Vec<SettledFigure>,
 }
@@ -378,6 +390,10 @@ pub struct FlowTracker {
     /// Runs to check at a moment of event time (see [`FlowTracker::check`]); a run
     /// whose `check_ms` has moved since is skipped.
     checks: BinaryHeap<Reverse<(i64, RunRef)>>,
+    /// Visits waiting to settle (see [`FlowTracker::settle`]): when, run and stage.
+    /// One heap for every source, so that visits settle in the order of event time
+    /// whichever partitions, and in whatever order, they came through.
+    settling: BinaryHeap<Reverse<(i64, RunRef, u16)>>,
     lateness_ms: i64,
     sources: Vec<Source>,
     /// The slowest source's watermark.
@@ -411,6 +427,7 @@ impl FlowTracker {
             order: VecDeque::new(),
             next_serial: 1,
             checks: BinaryHeap::new(),
+            settling: BinaryHeap::new(),
             lateness_ms: settings.lateness_ms(),
             sources: Vec::new(),
             now_ms: i64::MIN,
@@ -453,7 +470,6 @@ impl FlowTracker {
             None => {
                 self.sources.push(Source {
                     clock: SourceClock::Waiting,
-                    settling: VecDeque::new(),
                     settled: Vec::new(),
                 });
                 self.sources.len() - 1
@@ -520,15 +536,16 @@ impl FlowTracker {
                 stage: key.stage,
                 report: sighting.report,
                 status: sighting.status,
-                failed_ms: match sighting.status {
-                    Status::Failure => sighting.report.end_ms,
-                    _ => i64::MAX,
+                reached_ms: sighting.report.end_ms,
+                recovery: match sighting.status {
+                    Status::Failure => Recovery::Awaited,
+                    _ => Recovery::NotNeeded,
                 },
                 reported: false,
                 loss_checked: false,
             };
             let run = self.run_of(key.pipeline, correlation_id, visit.report.end_ms);
-            self.visit(source, run, visit);
+            self.visit(run, visit);
         }
         sightings.entries.clear();
         sightings.ids.clear();
@@ -610,7 +627,7 @@ impl FlowTracker {
         true
     }
 
-    fn visit(&mut self, source: usize, run: RunRef, visit: Visit) {
+    fn visit(&mut self, run: RunRef, visit: Visit) {
         let settings = &self.settings;
         let r = &mut self.runs[run.slot as usize];
         r.last_ms = r.last_ms.max(visit.report.end_ms);
@@ -620,47 +637,58 @@ impl FlowTracker {
         // before that are attempts, and the visit starts with the first of them.
         let attempt = is_attempt(&visit);
         let mut visit = visit;
-        match r.visits.iter().position(|v| v.stage == stage) {
+        let (earlier, awaits_recovery) = match r.visits.iter().position(|v| v.stage == stage) {
             Some(i) => {
                 let earlier = r.visits[i];
-                if !is_attempt(&earlier) || attempt {
-                    // A duplicate report, or one more attempt: nothing new but, for an
-                    // attempt delivered after its success, when the visit started.
-                    let v = &mut r.visits[i];
-                    v.report.start_ms = v.report.start_ms.min(visit.report.start_ms);
-                    return;
-                }
+                // What every report of the stage adds, in whatever order they are read:
+                // when the visit started, when the run reached the stage, and whether
+                // it failed there.
                 visit.report.start_ms = visit.report.start_ms.min(earlier.report.start_ms);
-                if !earlier.reported {
-                    visit.failed_ms = earlier.failed_ms;
+                visit.reached_ms = visit.reached_ms.min(earlier.reached_ms);
+                let awaits =
+                    earlier.recovery == Recovery::NotNeeded && visit.recovery == Recovery::Awaited;
+                visit.recovery = visit.recovery.max(earlier.recovery);
+                if !is_attempt(&earlier) || attempt {
+                    // A duplicate report, or one more attempt: the visit stays as it was
+                    // but for the above.
+                    let v = &mut r.visits[i];
+                    v.report.start_ms = visit.report.start_ms;
+                    v.reached_ms = visit.reached_ms;
+                    v.recovery = visit.recovery;
+                } else {
+                    visit.reported = earlier.reported;
+                    r.visits[i] = visit;
                 }
-                r.visits[i] = visit;
+                (Some(earlier), awaits)
             }
             None => {
                 r.visits.push(visit);
-                if attempt {
-                    if visit.failed_ms != i64::MAX {
-                        let due = recovery_due(settings, visit.failed_ms);
-                        schedule(
-                            &mut self.checks,
-                            settings.max_runs,
-                            r,
-                            run,
-                            due,
-                            &mut self.stats.checks_dropped,
-                        );
-                    }
-                    return;
-                }
+                (None, visit.recovery == Recovery::Awaited)
             }
+        };
+        if awaits_recovery {
+            let due = recovery_due(settings, visit.reached_ms);
+            schedule(
+                &mut self.checks,
+                settings.max_runs,
+                r,
+                run,
+                due,
+                &mut self.stats.checks_dropped,
+            );
+        }
+        // A stage's visit is complete, and settles, once it succeeds (or skips).
+        if attempt || earlier.is_some_and(|e| !is_attempt(&e)) {
+            return;
         }
 
         // What needs every stage before this one: once no event that ended before
         // this one can still arrive (the clock, the slowest partition's event time, past
         // its end plus the allowed lateness), the run settles here (see `settle`).
-        let queue = &mut self.sources[source].settling;
-        if queue.len() < 4 * settings.max_runs {
-            queue.push_back((visit.report.end_ms + self.lateness_ms, run, stage));
+        // Bounded like the figures waiting for each source.
+        if self.settling.len() < 4 * settings.max_runs * self.sources.len() {
+            let at = visit.report.end_ms + self.lateness_ms;
+            self.settling.push(Reverse((at, run, stage)));
         } else {
             self.stats.visits_dropped += 1;
         }
@@ -705,7 +733,7 @@ impl FlowTracker {
             if !r
                 .visits
                 .iter()
-                .any(|w| w.stage == to && w.report.end_ms <= arrival)
+                .any(|w| w.stage == to && w.reached_ms <= arrival)
             {
                 due = due.min(arrival);
             }
@@ -833,28 +861,23 @@ impl FlowTracker {
         self.now_ms = now;
         // Settling and checks, merged in the order of event time: the lifecycles they
         // feed see successes and failures, arrivals and stuck runs in the order they
-        // happened, however often (in event time) the engines call this, so replay and
-        // live processing alert alike. One settling queue per source: a partition
-        // delivers its events nearly in time order (within the lateness), so a queue
-        // rather than a heap, and one settling a little late costs nothing; but two
-        // partitions can be days apart while catching up. Checks wait for the lateness
-        // too: a run is stuck, or failed, only once nothing that ended before its
-        // deadline can still arrive.
+        // happened, however often (in event time) the engines call this and however the
+        // events were split between them, so replay and live processing alert alike.
+        // Checks wait for the lateness too: a run is stuck, or failed, only once nothing
+        // that ended before its deadline can still arrive.
         loop {
-            let settling = (self.sources.iter().enumerate())
-                .filter_map(|(q, s)| Some((s.settling.front()?.0, q)))
-                .min()
-                .filter(|&(at, _)| at <= now);
+            let settling = (self.settling.peek())
+                .map(|&Reverse((at, run, stage))| (at, run, stage))
+                .filter(|&(at, ..)| at <= now);
             let check = (self.checks.peek())
                 .map(|&Reverse((due, run))| (due, run))
                 .filter(|&(due, _)| due.saturating_add(self.lateness_ms) <= now);
             match (settling, check) {
-                (Some((at, q)), check)
+                (Some((at, run, stage)), check)
                     if check.is_none_or(|(due, _)| at <= due.saturating_add(self.lateness_ms)) =>
                 {
-                    if let Some((_, run, stage)) = self.sources[q].settling.pop_front() {
-                        self.settle(run, stage, alerts);
-                    }
+                    self.settling.pop();
+                    self.settle(run, stage, alerts);
                 }
                 (_, Some((due, run))) => {
                     self.checks.pop();
@@ -898,23 +921,20 @@ impl FlowTracker {
         let mut next = i64::MAX;
         for i in 0..r.visits.len() {
             let v = r.visits[i];
-            if v.reported {
-                continue;
-            }
-            if v.failed_ms != i64::MAX {
-                let due = recovery_due(settings, v.failed_ms);
+            if v.recovery == Recovery::Awaited {
+                let due = recovery_due(settings, v.reached_ms);
                 if due > due_ms {
                     next = next.min(due);
-                } else if is_attempt(&v) || v.report.end_ms > due {
-                    r.visits[i].reported = true;
-                    self.stats.failed_runs += 1;
-                    found.push((v.stage, Finding::Failed, v.failed_ms));
-                    continue;
                 } else {
-                    r.visits[i].failed_ms = i64::MAX;
+                    r.visits[i].recovery = Recovery::Settled;
+                    // No success, or one that ended after the deadline.
+                    if is_attempt(&v) || v.report.end_ms > due {
+                        self.stats.failed_runs += 1;
+                        found.push((v.stage, Finding::Failed, v.reached_ms));
+                    }
                 }
             }
-            if is_attempt(&v) {
+            if v.reported || is_attempt(&v) {
                 continue;
             }
             for &to in p.downstream(v.stage) {
@@ -923,7 +943,7 @@ impl FlowTracker {
                 // but before the check ran arrived late all the same.
                 if r.visits
                     .iter()
-                    .any(|w| w.stage == to && w.report.end_ms <= due)
+                    .any(|w| w.stage == to && w.reached_ms <= due)
                 {
                     continue;
                 }
@@ -1272,10 +1292,10 @@ fn arrival_due(
     }
 }
 
-/// When a run that failed at `failed` is a failed run, unless a retry succeeds before:
-/// `flow.stuck_min` later.
-fn recovery_due(settings: &FlowSettings, failed_ms: i64) -> i64 {
-    failed_ms.saturating_add(deadline_ms(settings, 0.0))
+/// When a run that failed at a stage it reached at `reached_ms` is a failed run, unless
+/// a retry succeeds before: `flow.stuck_min` later.
+fn recovery_due(settings: &FlowSettings, reached_ms: i64) -> i64 {
+    reached_ms.saturating_add(deadline_ms(settings, 0.0))
 }
 
 /// Has `run` checked by `due_ms` at the latest: one check per run waits in `checks`, for
