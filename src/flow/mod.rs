@@ -289,6 +289,13 @@ enum SourceClock {
 #[derive(Debug)]
 struct Source {
     clock: SourceClock,
+    /// Visits it reported, waiting to settle (see [`FlowTracker::settle`]): when, run
+    /// and stage, in that order. Kept sorted, so that visits settle in the order of
+    /// event time however they were read; a partition delivers its events nearly in
+    /// time order, so a visit's place is at or near the back. (One heap for all sources
+    /// measured the same in a single engine, but costs `run` a cache miss per level once
+    /// partitions drift apart in event time and hundreds of thousands wait.)
+    settling: VecDeque<(i64, RunRef, u16)>,
     /// Figures for the stages it reported, waiting for it to take them.
     settled: Vec<SettledFigure>,
 }
@@ -390,10 +397,6 @@ pub struct FlowTracker {
     /// Runs to check at a moment of event time (see [`FlowTracker::check`]); a run
     /// whose `check_ms` has moved since is skipped.
     checks: BinaryHeap<Reverse<(i64, RunRef)>>,
-    /// Visits waiting to settle (see [`FlowTracker::settle`]): when, run and stage.
-    /// One heap for every source, so that visits settle in the order of event time
-    /// whichever partitions, and in whatever order, they came through.
-    settling: BinaryHeap<Reverse<(i64, RunRef, u16)>>,
     lateness_ms: i64,
     sources: Vec<Source>,
     /// The slowest source's watermark.
@@ -427,7 +430,6 @@ impl FlowTracker {
             order: VecDeque::new(),
             next_serial: 1,
             checks: BinaryHeap::new(),
-            settling: BinaryHeap::new(),
             lateness_ms: settings.lateness_ms(),
             sources: Vec::new(),
             now_ms: i64::MIN,
@@ -470,6 +472,7 @@ impl FlowTracker {
             None => {
                 self.sources.push(Source {
                     clock: SourceClock::Waiting,
+                    settling: VecDeque::new(),
                     settled: Vec::new(),
                 });
                 self.sources.len() - 1
@@ -545,7 +548,7 @@ impl FlowTracker {
                 loss_checked: false,
             };
             let run = self.run_of(key.pipeline, correlation_id, visit.report.end_ms);
-            self.visit(run, visit);
+            self.visit(source, run, visit);
         }
         sightings.entries.clear();
         sightings.ids.clear();
@@ -627,7 +630,7 @@ impl FlowTracker {
         true
     }
 
-    fn visit(&mut self, run: RunRef, visit: Visit) {
+    fn visit(&mut self, source: usize, run: RunRef, visit: Visit) {
         let settings = &self.settings;
         let r = &mut self.runs[run.slot as usize];
         r.last_ms = r.last_ms.max(visit.report.end_ms);
@@ -685,10 +688,14 @@ impl FlowTracker {
         // What needs every stage before this one: once no event that ended before
         // this one can still arrive (the clock, the slowest partition's event time, past
         // its end plus the allowed lateness), the run settles here (see `settle`).
-        // Bounded like the figures waiting for each source.
-        if self.settling.len() < 4 * settings.max_runs * self.sources.len() {
-            let at = visit.report.end_ms + self.lateness_ms;
-            self.settling.push(Reverse((at, run, stage)));
+        let queue = &mut self.sources[source].settling;
+        if queue.len() < 4 * settings.max_runs {
+            let visit = (visit.report.end_ms + self.lateness_ms, run, stage);
+            let mut at = queue.len();
+            while at > 0 && queue[at - 1] > visit {
+                at -= 1;
+            }
+            queue.insert(at, visit);
         } else {
             self.stats.visits_dropped += 1;
         }
@@ -866,17 +873,20 @@ impl FlowTracker {
         // Checks wait for the lateness too: a run is stuck, or failed, only once nothing
         // that ended before its deadline can still arrive.
         loop {
-            let settling = (self.settling.peek())
-                .map(|&Reverse((at, run, stage))| (at, run, stage))
-                .filter(|&(at, ..)| at <= now);
+            // The earliest visit of all sources, ties broken by run and stage, not by
+            // source: the order must not depend on the partitioning.
+            let settling = (self.sources.iter().enumerate())
+                .filter_map(|(q, s)| Some((*s.settling.front()?, q)))
+                .min()
+                .filter(|&((at, ..), _)| at <= now);
             let check = (self.checks.peek())
                 .map(|&Reverse((due, run))| (due, run))
                 .filter(|&(due, _)| due.saturating_add(self.lateness_ms) <= now);
             match (settling, check) {
-                (Some((at, run, stage)), check)
+                (Some(((at, run, stage), q)), check)
                     if check.is_none_or(|(due, _)| at <= due.saturating_add(self.lateness_ms)) =>
                 {
-                    self.settling.pop();
+                    self.sources[q].settling.pop_front();
                     self.settle(run, stage, alerts);
                 }
                 (_, Some((due, run))) => {
