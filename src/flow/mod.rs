@@ -680,7 +680,7 @@ impl FlowTracker {
                 &mut self.stats.checks_dropped,
             );
         }
-        // A stage's visit is complete, and settles, once it succeeds (or skips).
+        // Only a complete visit settles.
         if attempt || earlier.is_some_and(|e| !is_attempt(&e)) {
             return;
         }
