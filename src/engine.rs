@@ -27,12 +27,17 @@ use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
 use crate::flow::{FlowMetric, FlowTracker, SettledFigure, SharedFlow, Sightings, StageKey};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
-use crate::window::{Bucket, Reported};
+use crate::window::{Bucket, CorrelationIds, Reported};
 
 /// How often, in event time, an engine at least tells the data-flow tracker where it is
 /// (and so runs its checks): stuck and failed runs are minutes overdue (`flow.stuck_min`)
 /// when found, and a few seconds more is nothing to them.
 const FLOW_TICK_MS: i64 = 10_000;
+
+/// Buckets of data-flow figures a stage keeps waiting for the tracker's clock (see
+/// [`FlowBucket`]); beyond them, the oldest is judged with the figures it has. At the
+/// default width, an hour by which another partition's event time may trail this one's.
+const MAX_FLOW_BUCKETS: usize = 64;
 
 /// Events an engine keeps for the data-flow tracker before it hands them over even
 /// between ticks: a bound on the batch, and on how far behind the API's traces are.
@@ -68,8 +73,8 @@ pub struct Stats {
     pub buckets_skipped: u64,
     pub alerts_firing: u64,
     pub alerts_resolved: u64,
-    /// Data-flow figures whose bucket had closed before their run settled, or whose
-    /// stage was forgotten.
+    /// Data-flow figures whose bucket had been judged before their run settled, or
+    /// whose stage was forgotten.
     pub flow_figures_late: u64,
 }
 
@@ -180,6 +185,30 @@ struct Stage {
     /// The slots of its data-flow metrics, by [`FlowMetric::index`] (`u16::MAX` until
     /// the first figure).
     flow_slots: [u16; FlowMetric::COUNT],
+    /// Buckets of its data-flow figures waiting to be judged, oldest first.
+    flow_open: Vec<FlowBucket>,
+    /// The last one judged, emptied into the next one opened: with the correlation ids
+    /// traded between the stage's buckets and these, neither allocates again.
+    flow_spare: Option<FlowBucket>,
+    /// The newest of them judged (`i64::MIN`: none).
+    flow_closed: i64,
+}
+
+/// One bucket of a stage's data-flow figures. The tracker measures them once the runs
+/// that ended in the bucket have settled, that is once its clock, the slowest
+/// partition's event time, has passed the bucket's end by the allowed lateness. That
+/// can be long after this engine closed the stage's own bucket: a partition read ahead
+/// of the others (a backlog comes partition by partition) would find the figures late.
+/// So they are judged on the tracker's clock instead ([`Engine::close_flow_buckets`]),
+/// and a stage's hop delays and end-to-end latencies are the same whatever the
+/// partitioning and whatever the order partitions are read in.
+struct FlowBucket {
+    index: i64,
+    /// (sum, count) of the figures, by [`FlowMetric::index`].
+    sums: [(f64, u32); FlowMetric::COUNT],
+    /// The stage bucket's, moved here as it closed: the runs an alert on the figures
+    /// names.
+    correlation_ids: CorrelationIds,
 }
 
 /// A metric of a stage beyond the built-ins.
@@ -245,6 +274,34 @@ impl Stage {
         }
     }
 
+    /// The bucket of data-flow figures `index`, opened (in order) if it is not yet.
+    fn flow_bucket(&mut self, index: i64) -> &mut FlowBucket {
+        let open = &mut self.flow_open;
+        // Figures come nearly in the order of time: theirs is the newest bucket, or
+        // a new one after it.
+        let at = match open.iter().rposition(|b| b.index <= index) {
+            Some(i) if open[i].index == index => i,
+            older => {
+                let at = older.map_or(0, |i| i + 1);
+                let correlation_ids = match self.flow_spare.take() {
+                    Some(mut spare) => {
+                        spare.correlation_ids.clear();
+                        spare.correlation_ids
+                    }
+                    None => CorrelationIds::default(),
+                };
+                let bucket = FlowBucket {
+                    index,
+                    sums: [(0.0, 0); FlowMetric::COUNT],
+                    correlation_ids,
+                };
+                open.insert(at, bucket);
+                at
+            }
+        };
+        &mut open[at]
+    }
+
     fn path(&self) -> String {
         format!("{}/{}", self.pipeline, self.stage)
     }
@@ -272,6 +329,10 @@ impl Stage {
                     Extra::Quality(q) => q.len() + 16,
                     Extra::Flow(_) => 16,
                 })
+                .sum::<usize>()
+            + self.flow_open.capacity() * std::mem::size_of::<FlowBucket>()
+            + (self.flow_open.iter().chain(&self.flow_spare))
+                .map(|b| b.correlation_ids.heap_bytes())
                 .sum::<usize>()
     }
 }
@@ -400,6 +461,10 @@ pub struct Engine {
     /// Events for the flow tracker, handed over in batches (see [`Sightings`]).
     sightings: Sightings,
     flow_figures: Vec<SettledFigure>,
+    /// The tracker's clock as this engine last saw it (see [`FlowBucket`]).
+    flow_settled_ms: i64,
+    /// Every bucket of data-flow figures up to and including this one is judged.
+    flow_closed_through: i64,
 }
 
 impl Engine {
@@ -459,6 +524,8 @@ impl Engine {
             flow_clock_ms: i64::MIN,
             sightings: Sightings::default(),
             flow_figures: Vec::new(),
+            flow_settled_ms: i64::MIN,
+            flow_closed_through: i64::MIN,
         }
     }
 
@@ -556,10 +623,10 @@ impl Engine {
         }
     }
 
-    /// Tells the data-flow tracker that this engine's event time is `now_ms`, and takes
-    /// the figures it settled for this engine's stages into their buckets. A figure
-    /// whose bucket has closed already, or whose stage was forgotten, is counted
-    /// (`flow_figures_late`) and dropped.
+    /// Tells the data-flow tracker that this engine's event time is `now_ms`, takes the
+    /// figures it settled for this engine's stages into their buckets, and judges the
+    /// buckets its clock has passed. A figure whose bucket was judged already, or whose
+    /// stage was forgotten, is counted (`flow_figures_late`) and dropped.
     fn advance_flow(&mut self, now_ms: i64, out: &mut Outputs) {
         let Some((flow, source)) = &self.flow else {
             return;
@@ -570,6 +637,7 @@ impl Engine {
             tracker.observe(*source, &mut self.sightings);
             tracker.advance(*source, now_ms, &mut out.alerts);
             tracker.take_settled(*source, &mut figures);
+            self.flow_settled_ms = tracker.clock_ms();
         }
         for f in figures.drain(..) {
             let bucket = f.end_ms.div_euclid(self.bucket_ms);
@@ -580,15 +648,52 @@ impl Engine {
                 Some(s) if s.flow_key == Some(f.key) => Some(f.tag as usize),
                 _ => self.stages.iter().position(|s| s.flow_key == Some(f.key)),
             };
-            let Some(index) = index.filter(|_| bucket > self.closed_through) else {
+            let judged = |i: usize| self.flow_closed_through.max(self.stages[i].flow_closed);
+            let Some(index) = index.filter(|&i| bucket > judged(i)) else {
                 self.stats.flow_figures_late += 1;
                 continue;
             };
-            let slot = self.flow_slot(index, f.metric);
-            let stage = &mut self.stages[index];
-            stage.open_bucket(bucket).add_figure(slot, f.value);
+            self.flow_slot(index, f.metric);
+            let sum = &mut self.stages[index].flow_bucket(bucket).sums[f.metric.index()];
+            sum.0 += f.value;
+            sum.1 += 1;
         }
         self.flow_figures = figures;
+        self.close_flow_buckets(self.closed_through, false, out);
+    }
+
+    /// Judges the buckets of data-flow figures that are complete: those the tracker's
+    /// clock has passed by the allowed lateness (every run that ended in them has
+    /// settled), up to `through` at most, which no stage bucket closed after. A stage
+    /// with `MAX_FLOW_BUCKETS` waiting has its oldest judged as it stands. `closed`:
+    /// stage buckets just closed, and so each stage may have one more waiting.
+    fn close_flow_buckets(&mut self, through: i64, closed: bool, out: &mut Outputs) {
+        let settled =
+            (self.flow_settled_ms.saturating_sub(self.lateness_ms)).div_euclid(self.bucket_ms) - 1;
+        self.judge_flow_buckets(through.min(settled), closed, out);
+    }
+
+    /// Judges the buckets of data-flow figures up to `through` (and the oldest beyond
+    /// `MAX_FLOW_BUCKETS`).
+    fn judge_flow_buckets(&mut self, through: i64, closed: bool, out: &mut Outputs) {
+        let through = through.max(self.flow_closed_through);
+        // The engine tells the tracker the time far more often than a bucket's worth.
+        if through == self.flow_closed_through && !closed {
+            return;
+        }
+        self.flow_closed_through = through;
+        let (mut closer, stages) = self.closer();
+        for stage in stages {
+            while let Some(first) = stage.flow_open.first() {
+                if first.index > through && stage.flow_open.len() <= MAX_FLOW_BUCKETS {
+                    break;
+                }
+                let bucket = stage.flow_open.remove(0);
+                stage.flow_closed = stage.flow_closed.max(bucket.index);
+                closer.close_flow(stage, &bucket, out);
+                stage.flow_spare = Some(bucket);
+            }
+        }
     }
 
     /// Hands the events waiting for the data-flow tracker over to it.
@@ -616,6 +721,8 @@ impl Engine {
                 self.closed_through += 1;
                 self.close_bucket(self.closed_through, out);
             }
+            // The input is over: what the tracker settled is all there will be.
+            self.judge_flow_buckets(last, true, out);
         }
     }
 
@@ -665,6 +772,9 @@ impl Engine {
             flow_key: None,
             declared_upstream: None,
             flow_slots: [u16::MAX; FlowMetric::COUNT],
+            flow_open: Vec::new(),
+            flow_spare: None,
+            flow_closed: i64::MIN,
         }
     }
 
@@ -741,10 +851,11 @@ impl Engine {
         let previous = self.watermark_ms.unwrap_or(ts);
         self.watermark_ms = Some(ts.max(previous));
         let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
-        // The tracker's figures for a bucket must be in before it closes; otherwise,
+        // Told as buckets close, the tracker has the figures of a closing bucket when
+        // its clock is this engine's (replay), and they are judged with it; otherwise,
         // with run deadlines minutes long, telling it every few seconds of event time
         // is soon enough. (What it finds does not depend on how often: see
-        // `FlowTracker::advance`.)
+        // `FlowTracker::advance`, and `FlowBucket` for the figures.)
         let closes = closable > self.closed_through;
         if self.flow.is_some() && (closes || ts >= self.flow_clock_ms.saturating_add(FLOW_TICK_MS))
         {
@@ -765,13 +876,14 @@ impl Engine {
             self.closed_through += 1;
             self.close_bucket(self.closed_through, out);
         }
+        if self.flow.is_some() && closes {
+            self.close_flow_buckets(self.closed_through, true, out);
+        }
     }
 
-    /// Closes bucket `b` for every stage, then forgets stages idle for too long.
-    fn close_bucket(&mut self, b: i64, out: &mut Outputs) {
-        self.stats.buckets_closed += 1;
-        let end_ms = (b + 1) * self.bucket_ms;
-        let mut closer = Closer {
+    /// What judges closing buckets, and the stages whose buckets it judges.
+    fn closer(&mut self) -> (Closer<'_>, &mut Vec<Stage>) {
+        let closer = Closer {
             policies: &self.policies,
             factory: &self.factory,
             rules: &self.rules,
@@ -782,7 +894,15 @@ impl Engine {
             judgements: &mut self.judgements,
             stats: &mut self.stats,
         };
-        for stage in &mut self.stages {
+        (closer, &mut self.stages)
+    }
+
+    /// Closes bucket `b` for every stage, then forgets stages idle for too long.
+    fn close_bucket(&mut self, b: i64, out: &mut Outputs) {
+        self.stats.buckets_closed += 1;
+        let end_ms = (b + 1) * self.bucket_ms;
+        let (mut closer, stages) = self.closer();
+        for stage in stages {
             closer.close(stage, b, out);
         }
         let mut i = 0;
@@ -947,22 +1067,47 @@ impl Closer<'_> {
 
         if self.values.iter().any(|v| !v.is_nan()) {
             for slot in 0..slots {
-                self.score(stage, slot, &bucket, start_ms, end_ms, out);
+                self.score(stage, slot, &bucket.correlation_ids, start_ms, end_ms, out);
             }
         }
         if self.silence.enabled {
             self.judge_silence(stage, start_ms, end_ms, out);
         }
+        let mut bucket = bucket;
+        // The runs of the bucket, for alerts on its data-flow figures, judged later.
+        let measured = stage.flow_slots.iter().any(|&slot| slot != u16::MAX);
+        if measured && b > stage.flow_closed {
+            let ids = &mut stage.flow_bucket(b).correlation_ids;
+            std::mem::swap(ids, &mut bucket.correlation_ids);
+        }
         stage.spare = Some(bucket);
+    }
+
+    /// Judges a bucket of a stage's data-flow figures.
+    fn close_flow(&mut self, stage: &mut Stage, bucket: &FlowBucket, out: &mut Outputs) {
+        let start_ms = bucket.index * self.bucket_ms;
+        let end_ms = start_ms + self.bucket_ms;
+        self.values.resize(stage.series.len(), f64::NAN);
+        for (metric, &(sum, n)) in bucket.sums.iter().enumerate() {
+            let slot = stage.flow_slots[metric];
+            if n == 0 || slot == u16::MAX {
+                continue;
+            }
+            // `score` reads this slot's value alone.
+            self.values[slot as usize] = sum / n as f64;
+            let ids = &bucket.correlation_ids;
+            self.score(stage, slot as usize, ids, start_ms, end_ms, out);
+        }
     }
 
     /// Judges one metric of the closing bucket, learns from it if it was normal, and
     /// moves its alert lifecycle.
+    #[inline(always)]
     fn score(
         &mut self,
         stage: &mut Stage,
         slot: usize,
-        bucket: &Bucket,
+        correlation_ids: &CorrelationIds,
         start_ms: i64,
         end_ms: i64,
         out: &mut Outputs,
@@ -1068,7 +1213,7 @@ impl Closer<'_> {
                 score,
                 bucket_start: start_ms,
                 bucket_end: end_ms,
-                correlation_ids: &bucket.correlation_ids.iter().collect::<Vec<_>>(),
+                correlation_ids: &correlation_ids.iter().collect::<Vec<_>>(),
                 upward_only: policy.direction == Direction::Up,
             });
             self.count(&notice);

@@ -295,7 +295,8 @@ impl Telemetry {
                 "pipewatch_flow_dropped_total",
                 "What data-flow tracking passed over to stay within its bounds: events of \
                  stages beyond flow.max_stages_per_pipeline, visits that never settled, \
-                 deadlines never checked, figures no engine took",
+                 deadlines never checked, figures no engine took, figures that came after \
+                 their bucket was judged",
                 &["what"],
             ),
             registry,
@@ -314,7 +315,7 @@ impl Telemetry {
         for reason in ["capacity", "expired"] {
             telemetry.flow_runs_forgotten.with_label_values(&[reason]);
         }
-        for what in ["stages", "visits", "checks", "figures"] {
+        for what in ["stages", "visits", "checks", "figures", "late_figures"] {
             telemetry.flow_dropped.with_label_values(&[what]);
         }
         telemetry
@@ -340,6 +341,10 @@ impl Telemetry {
         mirror(&self.buckets_closed, totals.buckets_closed);
         mirror(&self.stages_created, totals.stages_created);
         mirror(&self.stages_evicted, totals.stages_evicted);
+        mirror(
+            &self.flow_dropped.with_label_values(&["late_figures"]),
+            totals.flow_figures_late,
+        );
     }
 
     /// Mirrors the data-flow tracker's figures.

@@ -589,3 +589,95 @@ fn visits_beyond_the_settling_bound_are_counted_not_kept() {
     assert_eq!(stats.runs_evicted, 18, "{stats:?}");
     assert!(sightings.is_empty(), "taken in");
 }
+
+#[test]
+fn a_partition_read_ahead_of_the_others_loses_no_data_flow_figures() {
+    // `a` and `b` come through two partitions, so two engines share the tracker, whose
+    // clock is the slower partition's. A backlog is read partition by partition, twenty
+    // events at a time with `b`'s first: `b`'s engine closes its buckets twenty minutes
+    // of event time before the tracker has settled the runs in them. The hop delays
+    // into `b` must still be the ones replay (one engine) measures, and the hop that
+    // slows down must alert the same.
+    let mut events = Vec::new();
+    for n in 0..90i64 {
+        let a_end = T0 + n * MINUTE + 5_000;
+        let delay = if (70..75).contains(&n) {
+            40_000
+        } else {
+            2_000 + (n % 5) * 200
+        };
+        let b_end = a_end + delay + 3_000;
+        for (stage, end, duration) in [("a", a_end, 4_000), ("b", b_end, 3_000)] {
+            let json = format!(
+                r#"{{"pipeline":"p","stage":"{stage}","timestamp":{end},"correlation_id":"run-{n}","duration_ms":{duration},"records_in":1000,"records_out":1000}}"#
+            );
+            events.push((end, stage, json));
+        }
+    }
+    events.sort_by_key(|&(end, ..)| end);
+    let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
+
+    // (bucket start, value) of every `hop_delay` row, and its alerts; with the engines'
+    // late figures.
+    type Found = (Vec<(i64, f64)>, Vec<(i64, AlertStatus)>, u64);
+    let found = |partitions: usize| -> Found {
+        let flow = pipewatch::flow::FlowTracker::shared(&settings).expect("flow.enabled");
+        let budget = pipewatch::engine::StageBudget::new(100);
+        let mut engines: Vec<Engine> = (0..partitions)
+            .map(|_| {
+                Engine::with_shared(
+                    &settings,
+                    ScoreRows::Lead,
+                    budget.clone(),
+                    Some(flow.clone()),
+                )
+            })
+            .collect();
+        let mut queues: Vec<Vec<&String>> = vec![Vec::new(); partitions];
+        for (_, stage, json) in &events {
+            queues[usize::from(*stage == "b") % partitions].push(json);
+        }
+        let mut out = Outputs::default();
+        let (mut rows, mut alerts) = (Vec::new(), Vec::new());
+        let mut collect = |out: &mut Outputs| {
+            for r in out.scores.drain(..).filter(|r| r.metric == "hop_delay") {
+                rows.push((r.bucket_start, r.value.expect("a value")));
+            }
+            for a in out.alerts.drain(..).filter(|a| a.metric == "hop_delay") {
+                alerts.push((a.bucket_start, a.status));
+            }
+        };
+        let mut next = vec![0; partitions];
+        while (0..partitions).any(|q| next[q] < queues[q].len()) {
+            for q in (0..partitions).rev() {
+                let chunk = &queues[q][next[q]..(next[q] + 20).min(queues[q].len())];
+                for json in chunk {
+                    engines[q].ingest(json.as_bytes(), i64::MAX, &mut out);
+                    collect(&mut out);
+                }
+                next[q] += chunk.len();
+            }
+        }
+        for engine in &mut engines {
+            engine.finish(&mut out);
+            collect(&mut out);
+        }
+        let late = engines.iter().map(|e| e.stats().flow_figures_late).sum();
+        // The runs of the last minutes settle in the slower partition's time, which
+        // ends earlier: compared up to there.
+        rows.retain(|&(start, _)| start < T0 + 85 * MINUTE);
+        (rows, alerts, late)
+    };
+    let (replay_rows, replay_alerts, replay_late) = found(1);
+    assert_eq!(replay_late, 0);
+    assert!(replay_rows.len() >= 70, "{replay_rows:?}");
+    assert_eq!(
+        replay_alerts.first(),
+        Some(&(T0 + 70 * MINUTE, AlertStatus::Firing)),
+        "{replay_alerts:?}"
+    );
+    let (rows, alerts, late) = found(2);
+    assert_eq!(late, 0, "no figure came after its bucket was judged");
+    assert_eq!(rows, replay_rows);
+    assert_eq!(alerts, replay_alerts);
+}

@@ -80,6 +80,7 @@ impl Bucket {
 
     /// Adds one event. `quality` yields (slot, value) for the figures the stage tracks.
     /// Sums saturate: hostile counts near `u64::MAX` must not wrap or panic.
+    #[inline]
     pub fn add(
         &mut self,
         event: &Event,
@@ -126,8 +127,8 @@ impl Bucket {
         }
     }
 
-    /// Adds one value of a metric averaged per bucket (a quality or data-flow figure).
-    pub fn add_figure(&mut self, slot: u16, x: f64) {
+    /// Adds one value of a quality figure, a metric averaged per bucket.
+    fn add_figure(&mut self, slot: u16, x: f64) {
         match self.quality.iter_mut().find(|(s, _, _)| *s == slot) {
             Some((_, sum, n)) => {
                 *sum += x;
@@ -242,12 +243,12 @@ impl CorrelationIds {
         self.ends.push((self.text.len(), id_tail));
     }
 
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.text.clear();
         self.ends.clear();
     }
 
-    fn heap_bytes(&self) -> usize {
+    pub fn heap_bytes(&self) -> usize {
         self.text.capacity() + self.ends.capacity() * std::mem::size_of::<(usize, u64)>()
     }
 }
