@@ -186,7 +186,7 @@ struct Stage {
     /// the first figure).
     flow_slots: [u16; FlowMetric::COUNT],
     /// Buckets of its data-flow figures waiting to be judged, oldest first.
-    flow_open: Vec<FlowBucket>,
+    flow_open: VecDeque<FlowBucket>,
     /// The last one judged, emptied into the next one opened: with the correlation ids
     /// traded between the stage's buckets and these, neither allocates again.
     flow_spare: Option<FlowBucket>,
@@ -277,12 +277,11 @@ impl Stage {
     /// The bucket of data-flow figures `index`, opened (in order) if it is not yet.
     fn flow_bucket(&mut self, index: i64) -> &mut FlowBucket {
         let open = &mut self.flow_open;
-        // Figures come nearly in the order of time: theirs is the newest bucket, or
-        // a new one after it.
-        let at = match open.iter().rposition(|b| b.index <= index) {
-            Some(i) if open[i].index == index => i,
-            older => {
-                let at = older.map_or(0, |i| i + 1);
+        // Searched, not scanned: when another partition holds the tracker's clock back,
+        // dozens wait, and the figures are for the oldest.
+        let at = match open.binary_search_by_key(&index, |b| b.index) {
+            Ok(i) => i,
+            Err(at) => {
                 let correlation_ids = match self.flow_spare.take() {
                     Some(mut spare) => {
                         spare.correlation_ids.clear();
@@ -684,11 +683,11 @@ impl Engine {
         self.flow_closed_through = through;
         let (mut closer, stages) = self.closer();
         for stage in stages {
-            while let Some(first) = stage.flow_open.first() {
+            while let Some(first) = stage.flow_open.front() {
                 if first.index > through && stage.flow_open.len() <= MAX_FLOW_BUCKETS {
                     break;
                 }
-                let bucket = stage.flow_open.remove(0);
+                let bucket = stage.flow_open.pop_front().expect("a front");
                 stage.flow_closed = stage.flow_closed.max(bucket.index);
                 closer.close_flow(stage, &bucket, out);
                 stage.flow_spare = Some(bucket);
@@ -772,7 +771,7 @@ impl Engine {
             flow_key: None,
             declared_upstream: None,
             flow_slots: [u16::MAX; FlowMetric::COUNT],
-            flow_open: Vec::new(),
+            flow_open: VecDeque::new(),
             flow_spare: None,
             flow_closed: i64::MIN,
         }
