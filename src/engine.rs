@@ -24,7 +24,7 @@ use crate::config::{Direction, Settings, SilenceSettings};
 use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection, Upstream};
 use crate::detect::silence::GapTracker;
 use crate::detect::{self, DetectorState, Judgement, PolicyBook, PolicyId};
-use crate::flow::{FlowMetric, FlowTracker, SettledFigure, SharedFlow, Sightings, StageKey};
+use crate::flow::{FlowMetric, FlowTracker, SettledFigures, SharedFlow, Sightings, StageKey};
 use crate::metric::{AlertKind, Builtin, MetricName, BUILTIN_SLOTS};
 use crate::time::serialize_ms;
 use crate::window::{Bucket, CorrelationIds, Reported};
@@ -35,8 +35,9 @@ use crate::window::{Bucket, CorrelationIds, Reported};
 const FLOW_TICK_MS: i64 = 10_000;
 
 /// Buckets of data-flow figures a stage keeps waiting for the tracker's clock (see
-/// [`FlowBucket`]); beyond them, the oldest is judged with the figures it has. At the
-/// default width, an hour by which another partition's event time may trail this one's.
+/// [`FlowBucket`]); beyond them, the oldest is judged with the figures it has. A bound,
+/// not a working size: figures come as their runs settle, and their bucket is judged as
+/// soon as the clock has passed it, so one or two wait.
 const MAX_FLOW_BUCKETS: usize = 64;
 
 /// Events an engine keeps for the data-flow tracker before it hands them over even
@@ -74,7 +75,7 @@ pub struct Stats {
     pub alerts_firing: u64,
     pub alerts_resolved: u64,
     /// Data-flow figures whose bucket had been judged before their run settled, or
-    /// whose stage was forgotten.
+    /// whose stage was forgotten (before or after they came).
     pub flow_figures_late: u64,
 }
 
@@ -187,8 +188,8 @@ struct Stage {
     flow_slots: [u16; FlowMetric::COUNT],
     /// Buckets of its data-flow figures waiting to be judged, oldest first.
     flow_open: VecDeque<FlowBucket>,
-    /// The last one judged, emptied into the next one opened: with the correlation ids
-    /// traded between the stage's buckets and these, neither allocates again.
+    /// The last one judged, emptied into the next one opened (its correlation ids'
+    /// buffers with it).
     flow_spare: Option<FlowBucket>,
     /// The newest of them judged (`i64::MIN`: none).
     flow_closed: i64,
@@ -206,8 +207,7 @@ struct FlowBucket {
     index: i64,
     /// (sum, count) of the figures, by [`FlowMetric::index`].
     sums: [(f64, u32); FlowMetric::COUNT],
-    /// The stage bucket's, moved here as it closed: the runs an alert on the figures
-    /// names.
+    /// The first runs the figures came from, which an alert on them names.
     correlation_ids: CorrelationIds,
 }
 
@@ -277,8 +277,8 @@ impl Stage {
     /// The bucket of data-flow figures `index`, opened (in order) if it is not yet.
     fn flow_bucket(&mut self, index: i64) -> &mut FlowBucket {
         let open = &mut self.flow_open;
-        // Searched, not scanned: when another partition holds the tracker's clock back,
-        // dozens wait, and the figures are for the oldest.
+        // Nearly always the newest, or a new one after it; a few may wait when figures
+        // come faster than the engine judges them (see `MAX_FLOW_BUCKETS`).
         let at = match open.binary_search_by_key(&index, |b| b.index) {
             Ok(i) => i,
             Err(at) => {
@@ -459,7 +459,7 @@ pub struct Engine {
     flow_clock_ms: i64,
     /// Events for the flow tracker, handed over in batches (see [`Sightings`]).
     sightings: Sightings,
-    flow_figures: Vec<SettledFigure>,
+    flow_figures: SettledFigures,
     /// The tracker's clock as this engine last saw it (see [`FlowBucket`]).
     flow_settled_ms: i64,
     /// Every bucket of data-flow figures up to and including this one is judged.
@@ -522,7 +522,7 @@ impl Engine {
             flow,
             flow_clock_ms: i64::MIN,
             sightings: Sightings::default(),
-            flow_figures: Vec::new(),
+            flow_figures: SettledFigures::default(),
             flow_settled_ms: i64::MIN,
             flow_closed_through: i64::MIN,
         }
@@ -638,7 +638,7 @@ impl Engine {
             tracker.take_settled(*source, &mut figures);
             self.flow_settled_ms = tracker.clock_ms();
         }
-        for f in figures.drain(..) {
+        for (f, correlation_id) in figures.iter() {
             let bucket = f.end_ms.div_euclid(self.bucket_ms);
             // The tag is the stage's index when it last reported; forgetting a stage
             // moves another into its place (`swap_remove`), whose figures then come
@@ -653,31 +653,31 @@ impl Engine {
                 continue;
             };
             self.flow_slot(index, f.metric);
-            let sum = &mut self.stages[index].flow_bucket(bucket).sums[f.metric.index()];
+            let open = self.stages[index].flow_bucket(bucket);
+            let sum = &mut open.sums[f.metric.index()];
             sum.0 += f.value;
             sum.1 += 1;
+            (open.correlation_ids).insert(correlation_id, self.max_correlation_ids);
         }
+        figures.clear();
         self.flow_figures = figures;
-        self.close_flow_buckets(self.closed_through, false, out);
+        self.close_flow_buckets(self.closed_through, out);
     }
 
     /// Judges the buckets of data-flow figures that are complete: those the tracker's
     /// clock has passed by the allowed lateness (every run that ended in them has
-    /// settled), up to `through` at most, which no stage bucket closed after. A stage
-    /// with `MAX_FLOW_BUCKETS` waiting has its oldest judged as it stands. `closed`:
-    /// stage buckets just closed, and so each stage may have one more waiting.
-    fn close_flow_buckets(&mut self, through: i64, closed: bool, out: &mut Outputs) {
+    /// settled), up to `through` at most, which no stage bucket closed after.
+    fn close_flow_buckets(&mut self, through: i64, out: &mut Outputs) {
         let settled =
             (self.flow_settled_ms.saturating_sub(self.lateness_ms)).div_euclid(self.bucket_ms) - 1;
-        self.judge_flow_buckets(through.min(settled), closed, out);
+        self.judge_flow_buckets(through.min(settled), out);
     }
 
-    /// Judges the buckets of data-flow figures up to `through` (and the oldest beyond
-    /// `MAX_FLOW_BUCKETS`).
-    fn judge_flow_buckets(&mut self, through: i64, closed: bool, out: &mut Outputs) {
-        let through = through.max(self.flow_closed_through);
+    /// Judges the buckets of data-flow figures up to `through`. (A stage with more than
+    /// `MAX_FLOW_BUCKETS` waiting has its oldest judged as it stands.)
+    fn judge_flow_buckets(&mut self, through: i64, out: &mut Outputs) {
         // The engine tells the tracker the time far more often than a bucket's worth.
-        if through == self.flow_closed_through && !closed {
+        if through <= self.flow_closed_through {
             return;
         }
         self.flow_closed_through = through;
@@ -721,7 +721,7 @@ impl Engine {
                 self.close_bucket(self.closed_through, out);
             }
             // The input is over: what the tracker settled is all there will be.
-            self.judge_flow_buckets(last, true, out);
+            self.judge_flow_buckets(last, out);
         }
     }
 
@@ -875,9 +875,6 @@ impl Engine {
             self.closed_through += 1;
             self.close_bucket(self.closed_through, out);
         }
-        if self.flow.is_some() && closes {
-            self.close_flow_buckets(self.closed_through, true, out);
-        }
     }
 
     /// What judges closing buckets, and the stages whose buckets it judges.
@@ -903,6 +900,10 @@ impl Engine {
         let (mut closer, stages) = self.closer();
         for stage in stages {
             closer.close(stage, b, out);
+        }
+        // Before any stage is forgotten with figures waiting.
+        if self.flow.is_some() {
+            self.close_flow_buckets(b, out);
         }
         let mut i = 0;
         while i < self.stages.len() {
@@ -930,6 +931,11 @@ impl Engine {
             }
         }
         self.stats.stages_evicted += 1;
+        // Figures waiting for a later part of the tracker's clock go with the stage.
+        let waiting: u64 = (stage.flow_open.iter())
+            .flat_map(|b| b.sums.map(|(_, n)| u64::from(n)))
+            .sum();
+        self.stats.flow_figures_late += waiting;
         self.budget.give_back(1);
         if self.score_rows != ScoreRows::None {
             out.forgotten
@@ -1071,13 +1077,6 @@ impl Closer<'_> {
         }
         if self.silence.enabled {
             self.judge_silence(stage, start_ms, end_ms, out);
-        }
-        let mut bucket = bucket;
-        // The runs of the bucket, for alerts on its data-flow figures, judged later.
-        let measured = stage.flow_slots.iter().any(|&slot| slot != u16::MAX);
-        if measured && b > stage.flow_closed {
-            let ids = &mut stage.flow_bucket(b).correlation_ids;
-            std::mem::swap(ids, &mut bucket.correlation_ids);
         }
         stage.spare = Some(bucket);
     }

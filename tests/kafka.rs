@@ -471,6 +471,12 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
     assert_eq!(value("pipewatch_kafka_up"), Some(1.0));
     assert!(value("pipewatch_kafka_alerts_sent_total").unwrap() >= labels.len() as f64);
     assert!(value("pipewatch_processing_latency_seconds_count").unwrap() > 0.0);
+    // The partitions are read a fetch at a time, some ahead of others in event time:
+    // data-flow figures wait for the slowest, and none come after their bucket.
+    assert_eq!(
+        value(r#"pipewatch_flow_dropped_total{what="late_figures"}"#),
+        Some(0.0)
+    );
     let lag = common::series(&metrics, "pipewatch_consumer_lag_messages");
     assert_eq!(lag.len(), PARTITIONS as usize, "{lag:?}");
     assert!(!common::series(&metrics, "pipewatch_stage_value").is_empty());

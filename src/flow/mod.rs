@@ -101,6 +101,59 @@ pub struct SettledFigure {
     pub end_ms: i64,
     pub metric: FlowMetric,
     pub value: f64,
+    /// Where its run's correlation id ends in [`SettledFigures::ids`].
+    id_end: u32,
+}
+
+/// Figures waiting for one engine, with the correlation ids of their runs: an alert on
+/// a bucket of figures names the runs they came from.
+#[derive(Debug, Default)]
+pub struct SettledFigures {
+    figures: Vec<SettledFigure>,
+    /// The correlation ids of the figures, one after the other.
+    ids: String,
+}
+
+impl SettledFigures {
+    fn push(&mut self, mut figure: SettledFigure, correlation_id: &str) {
+        self.ids.push_str(correlation_id);
+        figure.id_end = self.ids.len() as u32;
+        self.figures.push(figure);
+    }
+
+    /// Each figure with its run's correlation id, in the order the runs settled.
+    pub fn iter(&self) -> impl Iterator<Item = (&SettledFigure, &str)> + '_ {
+        let mut start = 0;
+        self.figures.iter().map(move |f| {
+            let id = &self.ids[start..f.id_end as usize];
+            start = f.id_end as usize;
+            (f, id)
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.figures.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.figures.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.figures.clear();
+        self.ids.clear();
+    }
+
+    /// Moves `other`'s figures after these.
+    fn append(&mut self, other: &mut SettledFigures) {
+        let offset = self.ids.len() as u32;
+        self.ids.push_str(&other.ids);
+        (self.figures).extend(other.figures.drain(..).map(|f| SettledFigure {
+            id_end: f.id_end + offset,
+            ..f
+        }));
+        other.ids.clear();
+    }
 }
 
 /// Events an engine has read for the tracker and not handed over yet. An engine hands
@@ -297,7 +350,7 @@ struct Source {
     /// partitions drift apart in event time and hundreds of thousands wait.)
     settling: VecDeque<(i64, RunRef, u16)>,
     /// Figures for the stages it reported, waiting for it to take them.
-    settled: Vec<SettledFigure>,
+    settled: SettledFigures,
 }
 
 /// What a run showed at a stage, for one of the stage's data-flow lifecycles.
@@ -478,7 +531,7 @@ impl FlowTracker {
                 self.sources.push(Source {
                     clock: SourceClock::Waiting,
                     settling: VecDeque::new(),
-                    settled: Vec::new(),
+                    settled: SettledFigures::default(),
                 });
                 self.sources.len() - 1
             }
@@ -817,13 +870,15 @@ impl FlowTracker {
             };
             match self.sources.get_mut(home as usize) {
                 Some(source) if source.settled.len() < 4 * self.settings.max_runs => {
-                    source.settled.push(SettledFigure {
+                    let figure = SettledFigure {
                         key,
                         tag,
                         end_ms: visit.report.end_ms,
                         metric,
                         value,
-                    });
+                        id_end: 0,
+                    };
+                    source.settled.push(figure, &r.correlation_id);
                 }
                 _ => self.stats.figures_dropped += 1,
             }
@@ -1241,12 +1296,12 @@ impl FlowTracker {
     }
 
     /// Moves the figures waiting for source `source` into `into`.
-    pub fn take_settled(&mut self, source: usize, into: &mut Vec<SettledFigure>) {
+    pub fn take_settled(&mut self, source: usize, into: &mut SettledFigures) {
         let Some(s) = self.sources.get_mut(source) else {
             return;
         };
         if into.is_empty() {
-            // The two buffers trade places, capacities included: nothing is copied.
+            // The buffers trade places, capacities included: nothing is copied.
             std::mem::swap(into, &mut s.settled);
         } else {
             into.append(&mut s.settled);

@@ -226,7 +226,7 @@ impl CorrelationIds {
     /// bucket that is not full brings a new id: the ids known are compared by their
     /// tails first, and only an id with the same tail byte by byte.
     #[inline]
-    fn insert(&mut self, id: &str, max: usize) {
+    pub fn insert(&mut self, id: &str, max: usize) {
         if self.ends.len() >= max {
             return;
         }
