@@ -716,11 +716,13 @@ impl Engine {
         }
         if let Some(wm) = self.watermark_ms {
             let last = (wm + 1).div_euclid(self.bucket_ms) - 1;
+            // The input is over: what the tracker settled is all there will be, and the
+            // figures are judged with their buckets (before a stage can be forgotten).
+            self.flow_settled_ms = i64::MAX;
             while self.closed_through < last {
                 self.closed_through += 1;
                 self.close_bucket(self.closed_through, out);
             }
-            // The input is over: what the tracker settled is all there will be.
             self.judge_flow_buckets(last, out);
         }
     }

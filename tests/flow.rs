@@ -681,3 +681,33 @@ fn a_partition_read_ahead_of_the_others_loses_no_data_flow_figures() {
     assert_eq!(rows, replay_rows);
     assert_eq!(alerts, replay_alerts);
 }
+
+#[test]
+fn figures_of_a_stage_forgotten_as_replay_ends_are_judged_first() {
+    // `b` reports last at 94m03s (run 93), `a` goes on to 99m05s. At the end of the
+    // input the tracker, told 99m05s, has settled run 93, but the lateness (5 m) keeps
+    // bucket 94 open; closing the last buckets then forgets `b` (2 m idle) at 96m. Its
+    // figures of bucket 94 must be judged before, not lost.
+    let mut p = Pipeline::new(&[
+        ("PIPEWATCH__WINDOW__ALLOWED_LATENESS", "5m"),
+        ("PIPEWATCH__STAGES__IDLE_TIMEOUT", "2m"),
+    ]);
+    for n in 0..100 {
+        let hop = match n {
+            93 => Hop {
+                a_end_ms: 58_000,
+                ..normal()
+            },
+            94.. => Hop {
+                b_in: None,
+                ..normal()
+            },
+            _ => normal(),
+        };
+        p.run(n, hop);
+    }
+    p.engine.finish(&mut p.out);
+    let stats = p.engine.stats();
+    assert!(stats.stages_evicted >= 1, "{stats:?}");
+    assert_eq!(stats.flow_figures_late, 0, "{stats:?}");
+}

@@ -101,8 +101,9 @@ pub struct SettledFigure {
     pub end_ms: i64,
     pub metric: FlowMetric,
     pub value: f64,
-    /// Where its run's correlation id ends in [`SettledFigures::ids`].
-    id_end: u32,
+    /// Where its run's correlation id ends in [`SettledFigures::ids`] (not a `u32`:
+    /// `4 × flow.max_runs` figures of ids up to 1 KiB may wait).
+    id_end: usize,
 }
 
 /// Figures waiting for one engine, with the correlation ids of their runs: an alert on
@@ -117,7 +118,7 @@ pub struct SettledFigures {
 impl SettledFigures {
     fn push(&mut self, mut figure: SettledFigure, correlation_id: &str) {
         self.ids.push_str(correlation_id);
-        figure.id_end = self.ids.len() as u32;
+        figure.id_end = self.ids.len();
         self.figures.push(figure);
     }
 
@@ -125,8 +126,8 @@ impl SettledFigures {
     pub fn iter(&self) -> impl Iterator<Item = (&SettledFigure, &str)> + '_ {
         let mut start = 0;
         self.figures.iter().map(move |f| {
-            let id = &self.ids[start..f.id_end as usize];
-            start = f.id_end as usize;
+            let id = &self.ids[start..f.id_end];
+            start = f.id_end;
             (f, id)
         })
     }
@@ -146,7 +147,7 @@ impl SettledFigures {
 
     /// Moves `other`'s figures after these.
     fn append(&mut self, other: &mut SettledFigures) {
-        let offset = self.ids.len() as u32;
+        let offset = self.ids.len();
         self.ids.push_str(&other.ids);
         (self.figures).extend(other.figures.drain(..).map(|f| SettledFigure {
             id_end: f.id_end + offset,
@@ -869,7 +870,11 @@ impl FlowTracker {
                 continue;
             };
             match self.sources.get_mut(home as usize) {
-                Some(source) if source.settled.len() < 4 * self.settings.max_runs => {
+                // A source gone (its partition revoked) takes no more.
+                Some(source)
+                    if source.clock != SourceClock::Gone
+                        && source.settled.len() < 4 * self.settings.max_runs =>
+                {
                     let figure = SettledFigure {
                         key,
                         tag,
