@@ -666,16 +666,12 @@ impl Engine {
 
     /// Judges the buckets of data-flow figures that are complete: those the tracker's
     /// clock has passed by the allowed lateness (every run that ended in them has
-    /// settled), up to `through` at most, which no stage bucket closed after.
+    /// settled), up to `through` at most, which no stage bucket closed after. (A stage
+    /// with more than `MAX_FLOW_BUCKETS` waiting has its oldest judged as it stands.)
     fn close_flow_buckets(&mut self, through: i64, out: &mut Outputs) {
         let settled =
             (self.flow_settled_ms.saturating_sub(self.lateness_ms)).div_euclid(self.bucket_ms) - 1;
-        self.judge_flow_buckets(through.min(settled), out);
-    }
-
-    /// Judges the buckets of data-flow figures up to `through`. (A stage with more than
-    /// `MAX_FLOW_BUCKETS` waiting has its oldest judged as it stands.)
-    fn judge_flow_buckets(&mut self, through: i64, out: &mut Outputs) {
+        let through = through.min(settled);
         // The engine tells the tracker the time far more often than a bucket's worth.
         if through <= self.flow_closed_through {
             return;
@@ -723,7 +719,7 @@ impl Engine {
                 self.closed_through += 1;
                 self.close_bucket(self.closed_through, out);
             }
-            self.judge_flow_buckets(last, out);
+            self.close_flow_buckets(last, out);
         }
     }
 
