@@ -1097,7 +1097,8 @@ impl Closer<'_> {
     }
 
     /// Judges one metric of the closing bucket, learns from it if it was normal, and
-    /// moves its alert lifecycle.
+    /// moves its alert lifecycle. (Inlined into both closers: outlined, it cost `engine`
+    /// about 1% more instructions.)
     #[inline(always)]
     fn score(
         &mut self,

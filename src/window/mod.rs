@@ -79,7 +79,8 @@ impl Bucket {
     }
 
     /// Adds one event. `quality` yields (slot, value) for the figures the stage tracks.
-    /// Sums saturate: hostile counts near `u64::MAX` must not wrap or panic.
+    /// Sums saturate: hostile counts near `u64::MAX` must not wrap or panic. (Once per
+    /// event, from another module: left to itself the compiler stopped inlining it.)
     #[inline]
     pub fn add(
         &mut self,
