@@ -34,6 +34,7 @@ pub mod live;
 pub mod metric;
 pub mod replay;
 pub mod run;
+pub mod score;
 pub mod simulate;
 pub mod sink;
 pub mod source;

@@ -209,7 +209,7 @@ pub fn summary(stats: &Stats) -> String {
         stats.stages_created,
         stats.buckets_closed,
         stats.buckets_skipped,
-        stats.alerts_firing,
-        stats.alerts_resolved,
+        stats.alerts.firing,
+        stats.alerts.resolved,
     )
 }

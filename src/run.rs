@@ -740,9 +740,17 @@ impl Worker {
     }
 
     /// The offsets processed since the last commit, whatever their events caused (held
-    /// if the offsets log cannot be written).
+    /// if the offsets log cannot be written). What the data-flow tracker found from those
+    /// events is passed on first: once committed, they are history, which a restart
+    /// reads again only to rebuild state, and a finding not sent by then never would be.
     fn list_offsets(&mut self) -> CommitPlan {
         self.last_commit = Instant::now();
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].warm_until.is_none() {
+                self.tasks[i].engine.flush_flow(&mut self.out);
+                self.publish(i);
+            }
+        }
         let mut offsets = TopicPartitionList::new();
         let mut next_offsets = Vec::new();
         for task in &self.tasks {

@@ -23,7 +23,7 @@ pub async fn run(State(live): State<Arc<Live>>, Path(correlation_id): Path<Strin
     let Some(flow) = &live.flow else {
         return off();
     };
-    let tracker = crate::flow::lock(flow);
+    let tracker = flow.lock();
     let runs = tracker.traces(&correlation_id);
     if runs.is_empty() {
         return error(
@@ -44,7 +44,7 @@ pub async fn graph(State(live): State<Arc<Live>>, Path(pipeline): Path<String>) 
     let Some(flow) = &live.flow else {
         return off();
     };
-    let tracker = crate::flow::lock(flow);
+    let tracker = flow.lock();
     match tracker.graph(&pipeline) {
         Some(graph) => super::ok(&graph),
         None => error(

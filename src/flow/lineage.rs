@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::figures::StageFigures;
 use crate::alert::Track;
 
 /// Delays remembered per hop for its deadline (a ring of the latest).
@@ -113,9 +114,11 @@ pub struct FlowStage {
     pub hops: Vec<HopStats>,
     /// Lifecycles of this stage's data-flow alerts: data loss, stuck runs, failed runs.
     pub tracks: [Track; 3],
-    /// Where the figures measured for this stage go: the source (engine) that last
-    /// reported it, and the tag that source gave it.
-    pub home: (u32, u32),
+    /// The source (engine) that last reported it: the rows of its data-flow metrics go
+    /// there, to the live view of the partition that has the stage.
+    pub home: u32,
+    /// Its data-flow metrics (hop delay, end-to-end latency), judged like any metric.
+    pub figures: StageFigures,
 }
 
 /// The stage graph of one pipeline.
@@ -165,7 +168,8 @@ impl PipelineFlow {
             downstream: Vec::new(),
             hops: Vec::new(),
             tracks: [Track::Idle; 3],
-            home: (0, 0),
+            home: 0,
+            figures: StageFigures::default(),
         });
         Some((self.stages.len() - 1) as u16)
     }
@@ -335,6 +339,7 @@ impl PipelineFlow {
                 .map(|s| {
                     std::mem::size_of::<FlowStage>()
                         + s.name.len()
+                        + s.figures.heap_bytes()
                         + s.declared.as_ref().map_or(0, |d| d.capacity() * 2)
                         + s.learned.capacity() * 8
                         + (s.upstream.capacity() + s.downstream.capacity()) * 2

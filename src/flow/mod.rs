@@ -14,25 +14,31 @@
 //! * **failed runs** (`failed_run`): a stage reported `failure` for a run and no later
 //!   success within `flow.stuck_min`.
 //!
-//! It also measures, for the detectors to judge like any other metric of the stage, the
-//! hand-over delay into each stage (`hop_delay`, milliseconds from the end of the last of
-//! its upstream stages to its start) and each run's end-to-end latency at its final stages
-//! (`e2e_latency`, milliseconds from the run's first start).
+//! It also measures the hand-over delay into each stage (`hop_delay`, milliseconds from
+//! the end of the last of its upstream stages to its start) and each run's end-to-end
+//! latency at its final stages (`e2e_latency`, milliseconds from the run's first start),
+//! and judges them like any other metric of the stage ([`figures`]).
 //!
 //! Time is event time. The tracker's clock is the slowest of its sources' watermarks
 //! (one per partition engine in `pipewatch run`), so a partition catching up never makes
 //! another partition's runs look stuck.
 //!
+//! The tracker runs on a thread of its own ([`worker`]): following runs costs more than
+//! everything else done with an event, and none of it is needed to judge the event's
+//! own stage.
+//!
 //! Memory is bounded: at most `flow.max_runs` runs (the oldest go first), each forgotten
 //! `flow.run_ttl` after its last event, and `flow.max_stages_per_pipeline` stages per
 //! pipeline; every forgotten run is counted.
 
+mod figures;
 pub mod lineage;
+mod worker;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashTable};
 use serde::Serialize;
@@ -40,19 +46,16 @@ use serde::Serialize;
 use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
 use crate::config::{FlowSettings, Settings};
 use crate::decode::{Event, Status};
+use crate::detect::{Judgement, PolicyBook};
+use crate::engine::Outputs;
 use crate::metric::AlertKind;
+use crate::score::{AlertCounts, ScoreRows, ScoredBucket};
 use crate::time::serialize_ms;
 
+use figures::FigureJudge;
+
 use lineage::{Graph, PipelineFlow};
-
-/// The tracker as the engines and the API share it.
-pub type SharedFlow = Arc<Mutex<FlowTracker>>;
-
-/// Locks a shared tracker.
-pub fn lock(flow: &SharedFlow) -> MutexGuard<'_, FlowTracker> {
-    flow.lock()
-        .expect("the flow tracker is never left half-updated by a panic that is caught")
-}
+pub use worker::{Answer, FlowLink, SharedFlow};
 
 /// A stage as the tracker knows it. An engine keeps the key of each of its stages
 /// ([`FlowTracker::stage_key`]), so that following a run costs no name lookups.
@@ -73,6 +76,8 @@ pub enum FlowMetric {
 
 impl FlowMetric {
     pub const COUNT: usize = 2;
+    /// In the order of [`FlowMetric::index`].
+    pub const ALL: [FlowMetric; FlowMetric::COUNT] = [FlowMetric::HopDelay, FlowMetric::E2eLatency];
 
     /// Its place in per-metric arrays (below [`FlowMetric::COUNT`]).
     pub fn index(self) -> usize {
@@ -90,73 +95,6 @@ impl FlowMetric {
     }
 }
 
-/// A figure the tracker measured for a stage once a run settled there, in
-/// milliseconds, the unit of every duration in events (`duration_ms`). The engine that
-/// reported the stage takes it into the bucket of `end_ms` ([`FlowTracker::take_settled`]).
-#[derive(Debug, Clone, Copy)]
-pub struct SettledFigure {
-    pub key: StageKey,
-    /// The tag the engine gave the stage when it last reported it.
-    pub tag: u32,
-    pub end_ms: i64,
-    pub metric: FlowMetric,
-    pub value: f64,
-    /// Where its run's correlation id ends in [`SettledFigures::ids`] (not a `u32`:
-    /// `4 × flow.max_runs` figures of ids up to 1 KiB may wait).
-    id_end: usize,
-}
-
-/// Figures waiting for one engine, with the correlation ids of their runs: an alert on
-/// a bucket of figures names the runs they came from.
-#[derive(Debug, Default)]
-pub struct SettledFigures {
-    figures: Vec<SettledFigure>,
-    /// The correlation ids of the figures, one after the other.
-    ids: String,
-}
-
-impl SettledFigures {
-    fn push(&mut self, mut figure: SettledFigure, correlation_id: &str) {
-        self.ids.push_str(correlation_id);
-        figure.id_end = self.ids.len();
-        self.figures.push(figure);
-    }
-
-    /// Each figure with its run's correlation id, in the order the runs settled.
-    pub fn iter(&self) -> impl Iterator<Item = (&SettledFigure, &str)> + '_ {
-        let mut start = 0;
-        self.figures.iter().map(move |f| {
-            let id = &self.ids[start..f.id_end];
-            start = f.id_end;
-            (f, id)
-        })
-    }
-
-    pub fn len(&self) -> usize {
-        self.figures.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.figures.is_empty()
-    }
-
-    pub fn clear(&mut self) {
-        self.figures.clear();
-        self.ids.clear();
-    }
-
-    /// Moves `other`'s figures after these.
-    fn append(&mut self, other: &mut SettledFigures) {
-        let offset = self.ids.len();
-        self.ids.push_str(&other.ids);
-        (self.figures).extend(other.figures.drain(..).map(|f| SettledFigure {
-            id_end: f.id_end + offset,
-            ..f
-        }));
-        other.ids.clear();
-    }
-}
-
 /// Events an engine has read for the tracker and not handed over yet. An engine hands
 /// them over in batches ([`FlowTracker::observe`], before it moves the tracker's clock),
 /// so that following runs costs one lock per batch rather than one per event, and the
@@ -169,6 +107,8 @@ pub struct Sightings {
     /// The upstream stages an entry's event declared, by the entry's place: only for
     /// the events whose engine saw the declaration change ([`Sightings::push`]).
     declarations: Vec<(usize, Vec<Box<str>>)>,
+    /// Events of stages the tracker has no room for ([`FlowTracker::stage_key`]).
+    refused: u64,
 }
 
 /// One event, as [`Sightings`] holds it until the tracker takes it in: what its
@@ -177,7 +117,6 @@ pub struct Sightings {
 #[repr(align(64))]
 struct Sighting {
     key: StageKey,
-    tag: u32,
     /// Where its correlation id ends in [`Sightings::ids`].
     id_end: u32,
     report: Report,
@@ -187,13 +126,12 @@ struct Sighting {
 const _: () = assert!(std::mem::size_of::<Sighting>() == 64);
 
 impl Sightings {
-    /// Keeps one valid event of stage `key`, which its engine tags `tag` (the figures
-    /// measured for the stage come back with it), for the tracker. With `declares`, its
+    /// Keeps one valid event of stage `key` for the tracker. With `declares`, its
     /// `upstream` goes too: the engine passes it only when it changed, for comparing
     /// the names with the declared stages takes longer than the rest of the event.
     /// Events without a correlation id have nothing to follow. Returns how many events
     /// are waiting.
-    pub fn push(&mut self, key: StageKey, tag: u32, event: &Event, declares: bool) -> usize {
+    pub fn push(&mut self, key: StageKey, event: &Event, declares: bool) -> usize {
         let Some(correlation_id) = event.correlation_id.as_deref() else {
             return self.entries.len();
         };
@@ -204,7 +142,6 @@ impl Sightings {
         self.ids.push_str(correlation_id);
         self.entries.push(Sighting {
             key,
-            tag,
             id_end: self.ids.len() as u32,
             report: Report::of(event),
             status: event.status,
@@ -212,8 +149,13 @@ impl Sightings {
         self.entries.len()
     }
 
+    /// Counts an event of a stage the tracker has no room for.
+    pub fn refuse(&mut self) {
+        self.refused += 1;
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.refused == 0
     }
 }
 
@@ -350,8 +292,11 @@ struct Source {
     /// measured the same in a single engine, but costs `run` a cache miss per level once
     /// partitions drift apart in event time and hundreds of thousands wait.)
     settling: VecDeque<(i64, RunRef, u16)>,
-    /// Figures for the stages it reported, waiting for it to take them.
-    settled: SettledFigures,
+    /// The rows it reports of the data-flow metrics judged.
+    score_rows: ScoreRows,
+    /// Rows of the data-flow metrics of the stages it reported, waiting for it to take
+    /// them.
+    rows: Vec<ScoredBucket>,
 }
 
 /// What a run showed at a stage, for one of the stage's data-flow lifecycles.
@@ -420,14 +365,16 @@ pub struct FlowStats {
     pub data_loss_checks: u64,
     pub stuck_runs: u64,
     pub failed_runs: u64,
-    /// Figures no engine took: more waiting for one engine than `4 × flow.max_runs`, or
-    /// waiting for an engine that went away.
-    pub figures_dropped: u64,
+    /// Figures whose bucket had been judged when their run settled (a stage with 64
+    /// buckets of figures waiting has its oldest judged).
+    pub figures_late: u64,
     /// Visits never settled (so never compared, learned from or given deadlines): more
     /// waiting to settle for one engine than `4 × flow.max_runs`.
     pub visits_dropped: u64,
     /// Deadlines never checked: more checks waiting than `4 × flow.max_runs`.
     pub checks_dropped: u64,
+    /// Alerts raised: data-flow findings, and on its metrics.
+    pub alerts: AlertCounts,
 }
 
 pub struct FlowTracker {
@@ -436,6 +383,13 @@ pub struct FlowTracker {
     rules: Rules,
     factory: AlertFactory,
     critical_score: f64,
+    /// What judging the data-flow metrics of stages needs (see [`figures`]).
+    policies: PolicyBook,
+    judgements: Vec<Judgement>,
+    idle_timeout_ms: i64,
+    max_correlation_ids: usize,
+    /// Every bucket of figures up to and including this one has been judged.
+    figures_judged_through: i64,
     hasher: hashbrown::DefaultHashBuilder,
     pipelines: Vec<PipelineFlow>,
     pipeline_index: HashMap<Arc<str>, u32>,
@@ -474,6 +428,11 @@ impl FlowTracker {
                 dashboard_url: settings.alerts.dashboard_url.clone(),
             },
             critical_score: settings.detection.critical_score,
+            policies: PolicyBook::new(settings),
+            judgements: Vec::new(),
+            idle_timeout_ms: settings.stages.idle_timeout.as_millis() as i64,
+            max_correlation_ids: settings.alerts.max_correlation_ids,
+            figures_judged_through: i64::MIN,
             hasher: Default::default(),
             pipelines: Vec::new(),
             pipeline_index: HashMap::new(),
@@ -494,12 +453,12 @@ impl FlowTracker {
         }
     }
 
-    /// A tracker to share, or none when `flow.enabled` is off.
+    /// A tracker to share, on a thread of its own, or none when `flow.enabled` is off.
     pub fn shared(settings: &Settings) -> Option<SharedFlow> {
-        settings
-            .flow
-            .enabled
-            .then(|| Arc::new(Mutex::new(FlowTracker::new(settings))))
+        settings.flow.enabled.then(|| {
+            SharedFlow::start(FlowTracker::new(settings))
+                .expect("a thread for the data-flow tracker (the system refused one)")
+        })
     }
 
     pub fn stats(&self) -> &FlowStats {
@@ -515,43 +474,45 @@ impl FlowTracker {
         self.live_runs
     }
 
-    /// Registers a source of events (an engine): until it reports where it is, and
-    /// then by its watermark, it holds the clock back. A partition not read yet may
-    /// hold the upstream stages of runs that other partitions have already delivered.
-    pub fn add_source(&mut self) -> usize {
-        match self
-            .sources
-            .iter()
-            .position(|s| s.clock == SourceClock::Gone)
-        {
+    /// Registers a source of events (an engine), which reports `score_rows` of the
+    /// data-flow metrics of its stages. Until it reports where it is, and then by its
+    /// watermark, it holds the clock back: a partition not read yet may hold the
+    /// upstream stages of runs that other partitions have already delivered.
+    pub fn add_source(&mut self, score_rows: ScoreRows) -> usize {
+        let free = (self.sources.iter()).position(|s| s.clock == SourceClock::Gone);
+        let source = Source {
+            clock: SourceClock::Waiting,
+            settling: VecDeque::new(),
+            score_rows,
+            rows: Vec::new(),
+        };
+        match free {
             Some(free) => {
-                self.sources[free].clock = SourceClock::Waiting;
+                // Visits still waiting to settle there settle all the same.
+                let settling = std::mem::take(&mut self.sources[free].settling);
+                self.sources[free] = Source { settling, ..source };
                 free
             }
             None => {
-                self.sources.push(Source {
-                    clock: SourceClock::Waiting,
-                    settling: VecDeque::new(),
-                    settled: SettledFigures::default(),
-                });
+                self.sources.push(source);
                 self.sources.len() - 1
             }
         }
     }
 
     /// A source went away (its partition was revoked): it holds nothing back any more,
-    /// and the figures waiting for it are dropped with its stages' buckets. Its visits
-    /// still settle.
+    /// and the rows waiting for it, which only its live view showed, are dropped. Its
+    /// visits still settle.
     pub fn remove_source(&mut self, source: usize) {
         if let Some(s) = self.sources.get_mut(source) {
             s.clock = SourceClock::Gone;
-            self.stats.figures_dropped += s.settled.len() as u64;
-            s.settled.clear();
+            s.rows = Vec::new();
         }
     }
 
-    /// The key of stage `stage` of `pipeline`, added if new; none (counted) when the
-    /// pipeline has `flow.max_stages_per_pipeline` stages already.
+    /// The key of stage `stage` of `pipeline`, added if new; none when the pipeline has
+    /// `flow.max_stages_per_pipeline` stages already (the events of such a stage are
+    /// counted as they come, see [`Sightings::refuse`]).
     pub fn stage_key(&mut self, pipeline: &str, stage: &str) -> Option<StageKey> {
         let id = match self.pipeline_index.get(pipeline) {
             Some(&id) => id,
@@ -564,16 +525,11 @@ impl FlowTracker {
             }
         };
         let max_stages = self.settings.max_stages_per_pipeline;
-        match self.pipelines[id as usize].stage_id_or_add(stage, max_stages) {
-            Some(stage) => Some(StageKey {
-                pipeline: id,
-                stage,
-            }),
-            None => {
-                self.stats.stages_over_limit += 1;
-                None
-            }
-        }
+        let stage = self.pipelines[id as usize].stage_id_or_add(stage, max_stages)?;
+        Some(StageKey {
+            pipeline: id,
+            stage,
+        })
     }
 
     /// Takes in the sightings of source `source`, in the order it read them, and
@@ -583,13 +539,11 @@ impl FlowTracker {
         let mut declarations = sightings.declarations.drain(..).peekable();
         let mut id_start = 0;
         for (i, sighting) in sightings.entries.iter().enumerate() {
-            let Sighting {
-                key, tag, id_end, ..
-            } = *sighting;
+            let Sighting { key, id_end, .. } = *sighting;
             let correlation_id = &sightings.ids[id_start..id_end as usize];
             id_start = id_end as usize;
             let p = &mut self.pipelines[key.pipeline as usize];
-            p.stages[key.stage as usize].home = (source as u32, tag);
+            p.stages[key.stage as usize].home = source as u32;
             if let Some((_, names)) = declarations.next_if(|(at, _)| *at == i) {
                 let max_stages = self.settings.max_stages_per_pipeline;
                 p.declare(key.stage, names.iter().map(|n| &**n), max_stages);
@@ -611,6 +565,7 @@ impl FlowTracker {
         }
         sightings.entries.clear();
         sightings.ids.clear();
+        self.stats.stages_over_limit += std::mem::take(&mut sightings.refused);
     }
 
     fn run(&self, run: RunRef) -> Option<&Run> {
@@ -865,7 +820,6 @@ impl FlowTracker {
             .then(|| ancestry_start(p, r, stage, &mut self.scratch_walk))
             .flatten()
             .map(|first_start| (visit.report.end_ms - first_start).max(0) as f64);
-        let (home, tag) = p.stages[stage as usize].home;
         let figures = [
             (FlowMetric::HopDelay, hop_delay),
             (FlowMetric::E2eLatency, e2e_latency),
@@ -874,23 +828,11 @@ impl FlowTracker {
             let Some(value) = value else {
                 continue;
             };
-            match self.sources.get_mut(home as usize) {
-                // A source gone (its partition revoked) takes no more.
-                Some(source)
-                    if source.clock != SourceClock::Gone
-                        && source.settled.len() < 4 * self.settings.max_runs =>
-                {
-                    let figure = SettledFigure {
-                        key,
-                        tag,
-                        end_ms: visit.report.end_ms,
-                        metric,
-                        value,
-                        id_end: 0,
-                    };
-                    source.settled.push(figure, &r.correlation_id);
-                }
-                _ => self.stats.figures_dropped += 1,
+            let (end_ms, id) = (visit.report.end_ms, r.correlation_id.as_str());
+            let (bucket_ms, max_ids) = (self.factory.bucket_ms, self.max_correlation_ids);
+            let stage_figures = &mut p.stages[stage as usize].figures;
+            if !stage_figures.add(metric, end_ms, value, id, bucket_ms, max_ids) {
+                self.stats.figures_late += 1;
             }
         }
 
@@ -936,12 +878,12 @@ impl FlowTracker {
             return;
         }
         self.now_ms = now;
-        // Settling and checks, merged in the order of event time: the lifecycles they
-        // feed see successes and failures, arrivals and stuck runs in the order they
-        // happened, however often (in event time) the engines call this and however the
-        // events were split between them, so replay and live processing alert alike.
-        // Checks wait for the lateness too: a run is stuck, or failed, only once nothing
-        // that ended before its deadline can still arrive.
+        // Settling, checks and the judging of figures, merged in the order of event
+        // time: the lifecycles they feed see successes and failures, arrivals and stuck
+        // runs in the order they happened, however often (in event time) the engines
+        // call this and however the events were split between them, so replay and live
+        // processing alert alike. Checks wait for the lateness too: a run is stuck, or
+        // failed, only once nothing that ended before its deadline can still arrive.
         loop {
             // The earliest visit of all sources, ties broken by run and stage, not by
             // source: the order must not depend on the partitioning.
@@ -952,6 +894,18 @@ impl FlowTracker {
             let check = (self.checks.peek())
                 .map(|&Reverse((due, run))| (due, run))
                 .filter(|&(due, _)| due.saturating_add(self.lateness_ms) <= now);
+            // Before them, the buckets of figures due: those every run that ended in
+            // them has settled into.
+            let next_ms = [
+                settling.map(|((at, ..), _)| at),
+                check.map(|(due, _)| due.saturating_add(self.lateness_ms)),
+            ];
+            let next_ms = next_ms.into_iter().flatten().min().unwrap_or(now);
+            let figures_through = self.figures_due_through(next_ms);
+            if figures_through > self.figures_judged_through {
+                self.figures_judged_through = figures_through;
+                self.judge_figures(figures_through, None, alerts);
+            }
             match (settling, check) {
                 (Some(((at, run, stage), q)), check)
                     if check.is_none_or(|(due, _)| at <= due.saturating_add(self.lateness_ms)) =>
@@ -1109,6 +1063,7 @@ impl FlowTracker {
             .get(run.slot as usize)
             .filter(|r| r.serial == run.serial)
         {
+            self.stats.alerts.count(&notice);
             alerts.push(self.raise(r, key.stage, finding, notice, at_ms));
         }
     }
@@ -1305,16 +1260,66 @@ impl FlowTracker {
         }
     }
 
-    /// Moves the figures waiting for source `source` into `into`.
-    pub fn take_settled(&mut self, source: usize, into: &mut SettledFigures) {
-        let Some(s) = self.sources.get_mut(source) else {
+    /// Moves the rows waiting for source `source` into `into`.
+    pub fn take_rows(&mut self, source: usize, into: &mut Vec<ScoredBucket>) {
+        if let Some(s) = self.sources.get_mut(source) {
+            into.append(&mut s.rows);
+        }
+    }
+
+    /// The input of source `source` has ended (replay) at its watermark: the figures of
+    /// its stages are judged up to the bucket before the one the input ended in, as the
+    /// engine closes its own, without waiting for the allowed lateness.
+    pub fn finish(&mut self, source: usize, alerts: &mut Vec<Alert>) {
+        let Some(SourceClock::At(watermark_ms)) = self.sources.get(source).map(|s| s.clock) else {
             return;
         };
-        if into.is_empty() {
-            // The buffers trade places, capacities included: nothing is copied.
-            std::mem::swap(into, &mut s.settled);
-        } else {
-            into.append(&mut s.settled);
+        let last = (watermark_ms + 1).div_euclid(self.factory.bucket_ms) - 1;
+        self.judge_figures(last, Some(source), alerts);
+    }
+
+    /// The newest bucket of figures that can be judged at `at_ms` of the tracker's
+    /// clock: every run that ended in it has settled by then.
+    fn figures_due_through(&self, at_ms: i64) -> i64 {
+        (at_ms.saturating_sub(self.lateness_ms)).div_euclid(self.factory.bucket_ms) - 1
+    }
+
+    /// Judges the buckets of figures up to and including `through`, of every stage or
+    /// of those whose home is `only`: the rows go to the stage's home, the alerts to
+    /// `alerts`. In the merged order of [`FlowTracker::advance`], at the moment the
+    /// last of them is due.
+    fn judge_figures(&mut self, through: i64, only: Option<usize>, alerts: &mut Vec<Alert>) {
+        let bucket_ms = self.factory.bucket_ms;
+        let at_ms = (through + 1).saturating_mul(bucket_ms) + self.lateness_ms;
+        let mut found = Outputs::default();
+        for p in &mut self.pipelines {
+            for stage in &mut p.stages {
+                let home = stage.home as usize;
+                if only.is_some_and(|only| only != home) {
+                    continue;
+                }
+                let score_rows = match self.sources.get(home) {
+                    Some(s) if s.clock != SourceClock::Gone => s.score_rows,
+                    _ => ScoreRows::None,
+                };
+                let mut judge = FigureJudge {
+                    policies: &mut self.policies,
+                    factory: &self.factory,
+                    rules: &self.rules,
+                    score_rows,
+                    judgements: &mut self.judgements,
+                    counts: &mut self.stats.alerts,
+                    bucket_ms,
+                    idle_timeout_ms: self.idle_timeout_ms,
+                };
+                let names = (&p.name, &stage.name);
+                (stage.figures).judge(through, at_ms, names, &mut judge, &mut found);
+                alerts.append(&mut found.alerts);
+                if let Some(s) = self.sources.get_mut(home) {
+                    s.rows.append(&mut found.scores);
+                }
+                found.scores.clear();
+            }
         }
     }
 
