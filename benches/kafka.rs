@@ -9,11 +9,12 @@
 //!
 //! Each round also runs pipewatch with data-flow tracking off (`flow.enabled = false`):
 //! the default configuration is the figure that counts, and the second one separates
-//! the consume path's own cost from the cost of the engine's data-flow tracker.
+//! the consume path's own cost from the cost of the data-flow tracker.
 //!
 //! The broker runs on the same machine, so each timed run also says where the CPU went
-//! (from /proc, Linux only): the consuming thread, librdkafka's threads, Tansu, and the
-//! rest of the machine (other work competing for the cores), in microseconds per message.
+//! (from /proc, Linux only): the consuming thread, the data-flow tracker's thread,
+//! librdkafka's threads, Tansu, and the rest of the machine (other work competing for
+//! the cores), in microseconds per message.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ struct Cpu {
     consumer_waiting: f64,
     /// librdkafka's threads: fetching, decoding message sets, the producers.
     librdkafka: f64,
+    /// pipewatch's data-flow tracker (its thread, `pw-flow`).
+    tracker: f64,
     /// The bench's other threads (its progress watcher, the sink's poller).
     bench: f64,
     broker: f64,
@@ -93,6 +96,7 @@ impl Cpu {
                     }
                 }
                 n if n.starts_with("rdk:") => cpu.librdkafka += seconds,
+                "pw-flow" => cpu.tracker += seconds,
                 _ => cpu.bench += seconds,
             }
         }
@@ -117,18 +121,25 @@ impl Cpu {
             consumer: self.consumer - before.consumer,
             consumer_waiting: self.consumer_waiting - before.consumer_waiting,
             librdkafka: self.librdkafka - before.librdkafka,
+            tracker: self.tracker - before.tracker,
             bench: self.bench - before.bench,
             broker: self.broker - before.broker,
             machine: self.machine - before.machine,
         }
     }
 
+    /// Everything the run's own threads and Tansu spent.
+    fn ours(&self) -> f64 {
+        self.consumer + self.librdkafka + self.tracker + self.bench + self.broker
+    }
+
     /// The rate this run's CPU cost per message would allow if the consumer, librdkafka,
-    /// the bench and Tansu had every core of the machine to themselves: the cores divided
-    /// by their CPU per message, and no more than the consuming thread's own rate.
+    /// the tracker, the bench and Tansu had every core of the machine to themselves: the
+    /// cores divided by their CPU per message, and no more than the consuming thread's
+    /// own rate.
     fn ceiling(&self) -> f64 {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let total = self.consumer + self.librdkafka + self.bench + self.broker;
+        let total = self.ours();
         let events = *EVENTS as f64;
         (cores * events / total).min(events / self.consumer)
     }
@@ -136,13 +147,14 @@ impl Cpu {
     /// Per message, in microseconds, and the cores that the rest of the machine used.
     fn describe(&self, seconds: f64) -> String {
         let us = |s: f64| s * 1e6 / *EVENTS as f64;
-        let rest = self.machine - self.consumer - self.librdkafka - self.bench - self.broker;
+        let rest = self.machine - self.ours();
         let share = |s: f64| 100.0 * s / seconds;
         format!(
-            "CPU per message: consumer thread {:.2} µs, librdkafka {:.2} µs, tansu {:.2} µs; \
+            "CPU per message: consumer thread {:.2} µs, data-flow tracker {:.2} µs, librdkafka {:.2} µs, tansu {:.2} µs; \
              consumer thread ran {:.0}%, waited for a core {:.0}%, waited for messages {:.0}% of the time; \
              rest of machine {:.2} cores; CPU-bound ceiling {:.0} events/s",
             us(self.consumer),
+            us(self.tracker),
             us(self.librdkafka),
             us(self.broker),
             share(self.consumer),
@@ -350,7 +362,7 @@ fn main() {
     // trips, not CPU), so its rate stands; pipewatch's could at most reach its ceiling.
     let (pw_max, off_max) = (median(pw_ceiling), median(off_ceiling));
     println!(
-        "  CPU-bound ceilings (every core to the consumer, librdkafka and Tansu): pipewatch run {pw_max:.0} events/s, ratio {:.2}; flow off {off_max:.0} events/s, ratio {:.2}",
+        "  CPU-bound ceilings (every core to the consumer, the tracker, librdkafka and Tansu): pipewatch run {pw_max:.0} events/s, ratio {:.2}; flow off {off_max:.0} events/s, ratio {:.2}",
         pw_max / raw_rate,
         off_max / raw_rate
     );

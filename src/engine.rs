@@ -35,9 +35,10 @@ use crate::window::{Bucket, Reported};
 pub use crate::score::{ScoreRows, ScoredBucket};
 
 /// How often, in event time, an engine at least tells the data-flow tracker where it is
-/// (and so runs its checks): stuck and failed runs are minutes overdue (`flow.stuck_min`)
-/// when found, and a few seconds more is nothing to them.
-const FLOW_TICK_MS: i64 = 10_000;
+/// (and so runs its checks), besides at every bucket close: stuck and failed runs are
+/// minutes overdue (`flow.stuck_min`) when found, and a minute more is little to them,
+/// where each report costs a batch sent to the tracker's thread.
+const FLOW_TICK_MS: i64 = 60_000;
 
 /// Events an engine keeps for the data-flow tracker before it hands them over even
 /// between ticks: a bound on the batch, and on how far behind the API's traces are.
@@ -456,7 +457,7 @@ impl Engine {
                 FlowKey::Key(key) => {
                     let declares = stage.declares(&event.upstream);
                     if self.sightings.push(key, event, declares) >= MAX_SIGHTINGS {
-                        self.report_flow(None);
+                        self.report_flow(self.watermark_ms);
                     }
                 }
                 FlowKey::Refused => self.sightings.refuse(),

@@ -175,13 +175,16 @@ fn serve(tracker: &Mutex<FlowTracker>, requests: Receiver<Request>) {
 }
 
 /// How long the thread looks for more work before it sleeps (see [`next`]).
-const AWAKE_FOR: Duration = Duration::from_micros(250);
+const AWAKE_FOR: Duration = Duration::from_micros(50);
 
 /// The next request; none once every sender is gone. Waking a sleeping thread costs the
 /// engine that sends a system call and, on a virtual machine, an interrupt to the other
-/// core: about 5 µs measured here, as much as taking in ten events. Engines report every
-/// few dozen events while they stream, so the thread stays awake a little while after
-/// each request (yielding its core to whoever needs it) and sleeps only when they stop.
+/// core: about 4 µs measured here. An engine streaming a backlog reports at each bucket
+/// close, about every 100 µs, and the thread takes a report in in about half that: it
+/// stays awake a little while after each request, yielding its core to whoever needs
+/// it, and sleeps only when the engines pause. Measured on `engine` (medians of 11
+/// alternated pairs): 0.93 of the rate without ids staying awake 50 µs, 0.87 sleeping at
+/// once, 0.86 staying awake 250 µs (the spinning core slows the engine's).
 fn next(requests: &Receiver<Request>) -> Option<Request> {
     let awake_since = Instant::now();
     loop {
