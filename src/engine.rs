@@ -273,6 +273,11 @@ impl StageBudget {
     }
 }
 
+/// What an engine had handed the data-flow tracker at one moment (see
+/// [`Engine::flow_mark`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowMark(u64);
+
 /// Which of the data-flow tracker's answers an engine applies.
 enum Answers {
     /// Those to reports up to this number, waiting for them.
@@ -493,11 +498,23 @@ impl Engine {
 
     /// Waits for the data-flow tracker to take in every event this engine has read, and
     /// passes on what it has found. Without this, what the tracker finds comes out at
-    /// this engine's next bucket close (see `flow::worker`): a live service calls it
-    /// before it commits.
+    /// this engine's next bucket close (see `flow::worker`).
     pub fn flush_flow(&mut self, out: &mut Outputs) {
         let last = self.report_flow(None);
         self.apply_flow_answers(Answers::Through(last), out);
+    }
+
+    /// The same without waiting: hands the data-flow tracker every event this engine
+    /// has read, and returns the mark that [`Engine::flow_passed_on`] waits for.
+    pub fn flow_mark(&mut self) -> FlowMark {
+        FlowMark(self.report_flow(None))
+    }
+
+    /// Passes on what the data-flow tracker has answered so far, without waiting; true
+    /// once that includes everything it found from the events read before `mark`.
+    pub fn flow_passed_on(&mut self, mark: FlowMark, out: &mut Outputs) -> bool {
+        self.apply_flow_answers(Answers::Arrived, out);
+        self.flow.as_ref().is_none_or(|link| link.taken() >= mark.0)
     }
 
     /// Hands the data-flow tracker the events waiting for it and, when given, this

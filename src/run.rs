@@ -56,7 +56,7 @@ use rdkafka::{ClientContext, Message};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::engine::{Engine, Outcome, Outputs, ScoreRows, StageBudget, Stats};
+use crate::engine::{Engine, FlowMark, Outcome, Outputs, ScoreRows, StageBudget, Stats};
 use crate::live::stages::Owner;
 use crate::live::{Driver, Live};
 use crate::sink::email::EmailNotifier;
@@ -158,11 +158,22 @@ struct Planned {
     next: Vec<(Owner, i64)>,
 }
 
-/// Where the periodic commit is. Its offsets wait for the alerts and dead letters their
-/// events caused, then for the broker's answer; neither wait holds up the consume loop.
+/// Where the periodic commit is. Its offsets wait for what the data-flow tracker found
+/// from their events to be passed on, for the alerts and dead letters their events
+/// caused to be delivered, then for the broker's answer; no wait holds up the consume
+/// loop.
 enum PeriodicCommit {
     Idle,
-    /// Listed, waiting for what the sink had queued by then (`mark`) to be delivered.
+    /// Listed, waiting for the tracker's answers to what each partition's engine had
+    /// read by then ([`Engine::flow_mark`]). Once committed, those events are history,
+    /// which a restart reads again only to rebuild state: a finding not sent by then
+    /// never would be.
+    Finding {
+        planned: Planned,
+        marks: Vec<(Owner, FlowMark)>,
+        waiting: Waiting,
+    },
+    /// Waiting for what the sink had queued by then (`mark`) to be delivered.
     Delivering {
         planned: Planned,
         mark: usize,
@@ -629,6 +640,44 @@ impl Worker {
                     let CommitPlan::Offsets(planned) = self.list_offsets() else {
                         return;
                     };
+                    let marks = (self.tasks.iter_mut())
+                        .filter(|t| planned.next.iter().any(|(owner, _)| *owner == t.owner))
+                        .map(|t| (t.owner.clone(), t.engine.flow_mark()))
+                        .collect();
+                    self.periodic = PeriodicCommit::Finding {
+                        planned,
+                        marks,
+                        waiting: Waiting::start(),
+                    };
+                }
+                PeriodicCommit::Finding {
+                    planned,
+                    mut marks,
+                    mut waiting,
+                } => {
+                    marks.retain(|(owner, mark)| {
+                        // A partition revoked since was committed with its revocation.
+                        let Some(i) = self.tasks.iter().position(|t| t.owner == *owner) else {
+                            return false;
+                        };
+                        let passed_on = self.tasks[i].engine.flow_passed_on(*mark, &mut self.out);
+                        self.publish(i);
+                        !passed_on
+                    });
+                    if !marks.is_empty() {
+                        if waiting.now_late() {
+                            tracing::warn!(
+                                partitions = marks.len(),
+                                "the data-flow tracker is behind; offsets stay uncommitted"
+                            );
+                        }
+                        self.periodic = PeriodicCommit::Finding {
+                            planned,
+                            marks,
+                            waiting,
+                        };
+                        return;
+                    }
                     self.periodic = PeriodicCommit::Delivering {
                         planned,
                         mark: self.sink.mark(),
@@ -721,9 +770,17 @@ impl Worker {
         self.record_commit(result, &commit.next);
     }
 
-    /// The offsets to commit now: those processed since the last commit, once the
-    /// alerts and dead letters they caused are delivered (waiting `flush_timeout` for them).
+    /// The offsets to commit now: those processed since the last commit, once what the
+    /// data-flow tracker found from their events is passed on (see
+    /// [`PeriodicCommit::Finding`]) and the alerts and dead letters they caused are
+    /// delivered (waiting `flush_timeout` for them).
     fn plan_commit(&mut self, flush_timeout: Duration) -> CommitPlan {
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].warm_until.is_none() {
+                self.tasks[i].engine.flush_flow(&mut self.out);
+                self.publish(i);
+            }
+        }
         let planned = match self.list_offsets() {
             CommitPlan::Offsets(planned) => planned,
             nothing_or_held => return nothing_or_held,
@@ -740,17 +797,9 @@ impl Worker {
     }
 
     /// The offsets processed since the last commit, whatever their events caused (held
-    /// if the offsets log cannot be written). What the data-flow tracker found from those
-    /// events is passed on first: once committed, they are history, which a restart
-    /// reads again only to rebuild state, and a finding not sent by then never would be.
+    /// if the offsets log cannot be written).
     fn list_offsets(&mut self) -> CommitPlan {
         self.last_commit = Instant::now();
-        for i in 0..self.tasks.len() {
-            if self.tasks[i].warm_until.is_none() {
-                self.tasks[i].engine.flush_flow(&mut self.out);
-                self.publish(i);
-            }
-        }
         let mut offsets = TopicPartitionList::new();
         let mut next_offsets = Vec::new();
         for task in &self.tasks {

@@ -277,6 +277,11 @@ impl FlowLink {
         self.arrived.drain(..count)
     }
 
+    /// How many answers have been taken (the number of the last report they answer).
+    pub fn taken(&self) -> u64 {
+        self.received - self.arrived.len() as u64
+    }
+
     /// Every answer that has come, without waiting.
     pub fn take_arrived(&mut self) -> impl Iterator<Item = Answer> + '_ {
         while let Ok(answer) = self.answers.try_recv() {
