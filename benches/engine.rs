@@ -1,5 +1,7 @@
-//! Engine throughput, single thread: raw JSON bytes → decode → window update (and the
-//! bucket closing and scoring that event time triggers).
+//! Engine throughput: raw JSON bytes → decode → window update (and the bucket closing and
+//! scoring that event time triggers), on the calling thread; with correlation ids, the
+//! data-flow tracker works beside it on its own thread, and a pass ends once
+//! `Engine::finish` has all it found.
 //!
 //! `cargo bench --bench engine`. Events come from the simulator (realistic sizes and
 //! field mix). Baseline in the same run: `serde_json::from_slice::<Value>` over the same
