@@ -465,11 +465,6 @@ impl FlowTracker {
         &self.stats
     }
 
-    /// Its clock: the slowest source's watermark, up to which every visit has settled.
-    pub fn clock_ms(&self) -> i64 {
-        self.now_ms
-    }
-
     pub fn tracked_runs(&self) -> usize {
         self.live_runs
     }
