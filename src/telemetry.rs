@@ -315,7 +315,7 @@ impl Telemetry {
         for reason in ["capacity", "expired"] {
             telemetry.flow_runs_forgotten.with_label_values(&[reason]);
         }
-        for what in ["stages", "visits", "checks", "late_figures"] {
+        for what in ["stages", "visits", "checks", "figures", "late_figures"] {
             telemetry.flow_dropped.with_label_values(&[what]);
         }
         telemetry
@@ -359,6 +359,7 @@ impl Telemetry {
             ("stages", stats.stages_over_limit),
             ("visits", stats.visits_dropped),
             ("checks", stats.checks_dropped),
+            ("figures", stats.figures_dropped),
             ("late_figures", stats.figures_late),
         ] {
             mirror(&self.flow_dropped.with_label_values(&[what]), total);

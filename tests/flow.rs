@@ -810,3 +810,54 @@ fn a_replay_gives_the_same_output_in_the_same_order_whatever_the_tracker_threads
         "the output changed with the tracker's pace"
     );
 }
+
+#[test]
+fn a_revoked_partitions_stages_are_no_longer_judged_here() {
+    // `a` and `b` come through two partitions. After thirty runs `b`'s partition is
+    // revoked (its engine goes): its new owner judges `b` from then on. Runs that go on
+    // to reach `b` there must not look stuck here, nor any other finding about `b`, alert
+    // or score row, come from this instance.
+    let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
+    let flow = FlowTracker::shared(&settings).expect("flow.enabled");
+    let budget = pipewatch::engine::StageBudget::new(100);
+    let engine = || {
+        Engine::with_shared(&settings, ScoreRows::Lead, budget.clone(), Some(flow.clone()))
+    };
+    let (mut a, mut b) = (engine(), engine());
+    let mut out = Outputs::default();
+    // (what, stage) of every alert kind and score row that came out.
+    let found = |out: &mut Outputs| -> Vec<(String, String)> {
+        let alerts = out.alerts.drain(..).map(|a| (a.kind.to_string(), a.stage));
+        let rows = (out.scores.drain(..)).map(|r| (r.metric.to_string(), r.stage.to_string()));
+        alerts.chain(rows).collect()
+    };
+    let send = |engine: &mut Engine, stage: &str, end: i64, n: i64, out: &mut Outputs| {
+        let json = format!(
+            r#"{{"pipeline":"p","stage":"{stage}","timestamp":{end},"correlation_id":"run-{n}","duration_ms":3000,"records_in":1000,"records_out":1000}}"#
+        );
+        engine.ingest(json.as_bytes(), i64::MAX, out);
+        engine.flush_flow(out);
+    };
+    let mut before = Vec::new();
+    for n in 0..30 {
+        let a_end = T0 + n * MINUTE + 5_000;
+        send(&mut a, "a", a_end, n, &mut out);
+        send(&mut b, "b", a_end + 5_000, n, &mut out);
+        before.extend(found(&mut out));
+    }
+    assert!(
+        before.iter().any(|(what, stage)| what == "hop_delay" && stage == "b"),
+        "b is judged while its partition is here"
+    );
+    drop(b);
+    let mut after = Vec::new();
+    for n in 30..60 {
+        send(&mut a, "a", T0 + n * MINUTE + 5_000, n, &mut out);
+        after.extend(found(&mut out));
+    }
+    a.finish(&mut out);
+    after.extend(found(&mut out));
+    let about_b: Vec<_> = after.iter().filter(|(_, stage)| stage == "b").collect();
+    assert!(about_b.is_empty(), "{about_b:?}");
+    assert!(after.iter().any(|(_, stage)| stage == "a"), "a is still judged");
+}

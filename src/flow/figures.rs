@@ -178,8 +178,8 @@ impl StageFigures {
                     None,
                     all_slots,
                     end_ms,
-                    "no run reached the stage for stages.idle_timeout: its data-flow \
-                     metrics are no longer judged",
+                    "no hand-over delay or end-to-end latency was measured for \
+                     stages.idle_timeout: these metrics are no longer judged",
                     judge.factory,
                     judge.counts,
                     out,

@@ -114,9 +114,12 @@ pub struct FlowStage {
     pub hops: Vec<HopStats>,
     /// Lifecycles of this stage's data-flow alerts: data loss, stuck runs, failed runs.
     pub tracks: [Track; 3],
-    /// The source (engine) that last reported it: the rows of its data-flow metrics go
-    /// there, to the live view of the partition that has the stage.
-    pub home: u32,
+    /// The source (engine) that last reported it, while it is here: the rows of its
+    /// data-flow metrics go there, to the live view of the partition that has the
+    /// stage. None before its first report, and once its partition is revoked: what
+    /// tracking finds about the stage is then its new owner's to judge (see
+    /// [`crate::flow::FlowTracker::remove_source`]).
+    pub home: Option<u32>,
     /// Its data-flow metrics (hop delay, end-to-end latency), judged like any metric.
     pub figures: StageFigures,
 }
@@ -168,7 +171,7 @@ impl PipelineFlow {
             downstream: Vec::new(),
             hops: Vec::new(),
             tracks: [Track::Idle; 3],
-            home: 0,
+            home: None,
             figures: StageFigures::default(),
         });
         Some((self.stages.len() - 1) as u16)

@@ -52,7 +52,7 @@ use crate::metric::AlertKind;
 use crate::score::{AlertCounts, ScoreRows, ScoredBucket};
 use crate::time::serialize_ms;
 
-use figures::FigureJudge;
+use figures::{FigureJudge, StageFigures};
 
 use lineage::{Graph, PipelineFlow};
 pub use worker::{Answer, FlowLink, SharedFlow};
@@ -368,6 +368,8 @@ pub struct FlowStats {
     /// Figures whose bucket had been judged when their run settled (a stage with 64
     /// buckets of figures waiting has its oldest judged).
     pub figures_late: u64,
+    /// Figures of stages whose partition was revoked: their new owner judges them.
+    pub figures_dropped: u64,
     /// Visits never settled (so never compared, learned from or given deadlines): more
     /// waiting to settle for one engine than `4 × flow.max_runs`.
     pub visits_dropped: u64,
@@ -497,11 +499,21 @@ impl FlowTracker {
 
     /// A source went away (its partition was revoked): it holds nothing back any more,
     /// and the rows waiting for it, which only its live view showed, are dropped. Its
-    /// visits still settle.
+    /// visits still settle, for the runs that go on through other partitions; but the
+    /// stages it reported are its partition's new owner's now: their data-flow series
+    /// and lifecycles are forgotten without a word (as its engine's stages are), and
+    /// nothing more is found about them here until they report here again.
     pub fn remove_source(&mut self, source: usize) {
-        if let Some(s) = self.sources.get_mut(source) {
-            s.clock = SourceClock::Gone;
-            s.rows = Vec::new();
+        let Some(s) = self.sources.get_mut(source) else {
+            return;
+        };
+        s.clock = SourceClock::Gone;
+        s.rows = Vec::new();
+        let stages = self.pipelines.iter_mut().flat_map(|p| &mut p.stages);
+        for stage in stages.filter(|s| s.home == Some(source as u32)) {
+            stage.home = None;
+            stage.figures = StageFigures::default();
+            stage.tracks = [Track::Idle; 3];
         }
     }
 
@@ -538,7 +550,7 @@ impl FlowTracker {
             let correlation_id = &sightings.ids[id_start..id_end as usize];
             id_start = id_end as usize;
             let p = &mut self.pipelines[key.pipeline as usize];
-            p.stages[key.stage as usize].home = source as u32;
+            p.stages[key.stage as usize].home = Some(source as u32);
             if let Some((_, names)) = declarations.next_if(|(at, _)| *at == i) {
                 let max_stages = self.settings.max_stages_per_pipeline;
                 p.declare(key.stage, names.iter().map(|n| &**n), max_stages);
@@ -825,8 +837,10 @@ impl FlowTracker {
             };
             let (end_ms, id) = (visit.report.end_ms, r.correlation_id.as_str());
             let (bucket_ms, max_ids) = (self.factory.bucket_ms, self.max_correlation_ids);
-            let stage_figures = &mut p.stages[stage as usize].figures;
-            if !stage_figures.add(metric, end_ms, value, id, bucket_ms, max_ids) {
+            let s = &mut p.stages[stage as usize];
+            if s.home.is_none() {
+                self.stats.figures_dropped += 1;
+            } else if !s.figures.add(metric, end_ms, value, id, bucket_ms, max_ids) {
                 self.stats.figures_late += 1;
             }
         }
@@ -1041,9 +1055,11 @@ impl FlowTracker {
             Finding::Failed => (FAILED, critical),
             Finding::Completed => (FAILED, Observation::Normal),
         };
-        let lifecycle =
-            &mut self.pipelines[key.pipeline as usize].stages[key.stage as usize].tracks[track];
-        if observation == Observation::Normal && *lifecycle == Track::Idle {
+        let stage = &mut self.pipelines[key.pipeline as usize].stages[key.stage as usize];
+        // A stage no engine here reports is another instance's to judge.
+        let lifecycle = &mut stage.tracks[track];
+        if stage.home.is_none() || (observation == Observation::Normal && *lifecycle == Track::Idle)
+        {
             return;
         }
         let width = self.factory.bucket_ms;
@@ -1289,14 +1305,16 @@ impl FlowTracker {
         let mut found = Outputs::default();
         for p in &mut self.pipelines {
             for stage in &mut p.stages {
-                let home = stage.home as usize;
+                let Some(home) = stage.home.map(|h| h as usize) else {
+                    continue;
+                };
                 if only.is_some_and(|only| only != home) {
                     continue;
                 }
-                let score_rows = match self.sources.get(home) {
-                    Some(s) if s.clock != SourceClock::Gone => s.score_rows,
-                    _ => ScoreRows::None,
-                };
+                let score_rows = self
+                    .sources
+                    .get(home)
+                    .map_or(ScoreRows::None, |s| s.score_rows);
                 let mut judge = FigureJudge {
                     policies: &mut self.policies,
                     factory: &self.factory,
