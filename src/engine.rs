@@ -497,8 +497,8 @@ impl Engine {
     }
 
     /// Waits for the data-flow tracker to take in every event this engine has read, and
-    /// passes on what it has found. Without this, what the tracker finds comes out at
-    /// this engine's next bucket close (see `flow::worker`).
+    /// passes on what it has found. Without this, what the tracker finds from a report
+    /// comes out at the bucket close after the report's (see `flow::worker`).
     pub fn flush_flow(&mut self, out: &mut Outputs) {
         let last = self.report_flow(None);
         self.apply_flow_answers(Answers::Through(last), out);
@@ -546,9 +546,6 @@ impl Engine {
             }
             out.alerts.append(&mut answer.found.alerts);
             out.scores.append(&mut answer.found.scores);
-            if let Some(link) = &mut self.flow {
-                link.recycle(answer);
-            }
         }
         self.flow_answers = answers;
     }
@@ -663,8 +660,8 @@ impl Engine {
         self.watermark_ms = Some(ts.max(previous));
         let closable = (ts - self.lateness_ms).div_euclid(self.bucket_ms) - 1;
         // The tracker is told as buckets close, and otherwise, with run deadlines
-        // minutes long, every few seconds of event time. (What it finds does not depend
-        // on how often: see `FlowTracker::advance`.)
+        // minutes long, every minute of event time. (What it finds does not depend on
+        // how often: see `FlowTracker::advance`.)
         let closes = closable > self.closed_through;
         if self.flow.is_some() && (closes || ts >= self.flow_clock_ms.saturating_add(FLOW_TICK_MS))
         {

@@ -419,12 +419,12 @@ impl Worker {
         if let Some(end) = task.warm_until {
             if offset < end {
                 // Handled before this assignment: only the state it builds is wanted.
-                for alert in self.out.alerts.drain(..) {
-                    self.live.restore_alert(&alert);
-                }
-                self.live.observe(&mut self.out, Some(&task.owner));
+                self.restore(i);
                 self.counters.warmup += 1;
                 if offset + 1 >= end {
+                    // And what the data-flow tracker found from it, too.
+                    self.flush_flow(i);
+                    let task = &mut self.tasks[i];
                     task.warm_until = None;
                     tracing::info!(
                         topic = message.topic(),
@@ -472,6 +472,25 @@ impl Worker {
             }
         }
         self.publish(i);
+    }
+
+    /// Takes in what task `i`'s engine produced from history it re-read to warm up:
+    /// its alerts were sent before, by this instance or another, and are only restored.
+    fn restore(&mut self, i: usize) {
+        for alert in self.out.alerts.drain(..) {
+            self.live.restore_alert(&alert);
+        }
+        self.live.observe(&mut self.out, Some(&self.tasks[i].owner));
+    }
+
+    /// Waits for what the data-flow tracker found from task `i`'s events, and passes it
+    /// on (or restores it, while the task warms up).
+    fn flush_flow(&mut self, i: usize) {
+        self.tasks[i].engine.flush_flow(&mut self.out);
+        match self.tasks[i].warm_until {
+            Some(_) => self.restore(i),
+            None => self.publish(i),
+        }
     }
 
     /// Sends what task `i`'s engine produced, and shows it in the live view.
@@ -777,8 +796,7 @@ impl Worker {
     fn plan_commit(&mut self, flush_timeout: Duration) -> CommitPlan {
         for i in 0..self.tasks.len() {
             if self.tasks[i].warm_until.is_none() {
-                self.tasks[i].engine.flush_flow(&mut self.out);
-                self.publish(i);
+                self.flush_flow(i);
             }
         }
         let planned = match self.list_offsets() {
@@ -947,8 +965,22 @@ impl Worker {
 
     /// Partitions taken away: commit what was done with them, then forget their stages.
     fn revoke(&mut self, consumer: &BaseConsumer<ServiceContext>, partitions: &TopicPartitionList) {
+        // What the data-flow tracker found from their events goes out before their
+        // engines go, even when the assignment was lost: some of it may be about stages
+        // of the partitions that stay.
+        for i in 0..self.tasks.len() {
+            let owner = &self.tasks[i].owner;
+            if (partitions.find_partition(&owner.topic, owner.partition)).is_some() {
+                self.flush_flow(i);
+            }
+        }
         if !consumer.assignment_lost() {
             self.commit(consumer);
+        }
+        // Offsets listed for a periodic commit and not sent yet are listed again later;
+        // what they waited for may be gone with the partitions.
+        if !matches!(self.periodic, PeriodicCommit::Sent(_)) {
+            self.periodic = PeriodicCommit::Idle;
         }
         let before = self.tasks.len();
         let (live, retired) = (&self.live, &mut self.retired);

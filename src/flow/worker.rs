@@ -16,8 +16,9 @@
 //! fast the thread ran: a replay gives the same output, in the same order, every time.
 //!
 //! Memory stays bounded: requests wait in a bounded queue (an engine that outruns the
-//! tracker waits to send: back-pressure), and an engine applies each answer at its next
-//! bucket close at the latest.
+//! tracker waits to send: back-pressure); an answer gives its batch back as soon as it
+//! comes, and waits, small, until the engine applies it, at the bucket close after its
+//! report's at the latest.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
@@ -64,7 +65,8 @@ pub struct Answer {
     /// The alerts raised meanwhile, whatever stage they are about, and the rows of the
     /// data-flow metrics judged for the engine's stages.
     pub found: Outputs,
-    /// The report's batch, emptied: reused for a later one (see [`FlowLink::recycle`]).
+    /// The report's batch, emptied: an engine reuses it as soon as the answer comes,
+    /// however long the answer then waits to be applied.
     batch: Sightings,
 }
 
@@ -246,18 +248,20 @@ impl FlowLink {
         };
         send(&self.flow.requests, report);
         self.sent += 1;
+        // Answers that came meanwhile give their batches back now: an engine reports
+        // every 512 events, and applies answers only at its bucket closes.
+        while let Ok(answer) = self.answers.try_recv() {
+            self.arrive(answer);
+        }
         self.sent
     }
 
-    /// Takes back the batch of an answer that has been applied.
-    pub fn recycle(&mut self, answer: Answer) {
-        if self.spares.len() < SPARE_BATCHES {
-            self.spares.push(answer.batch);
-        }
-    }
-
-    fn arrive(&mut self, answer: Answer) {
+    fn arrive(&mut self, mut answer: Answer) {
         self.received += 1;
+        if self.spares.len() < SPARE_BATCHES {
+            self.spares.push(std::mem::take(&mut answer.batch));
+        }
+        answer.batch = Sightings::default();
         self.arrived.push_back(answer);
     }
 
@@ -302,6 +306,9 @@ impl FlowLink {
 }
 
 impl Drop for FlowLink {
+    /// Without [`FlowLink::leave`] (an engine dropped while unwinding hands over nothing,
+    /// for the tracker may be what failed), the source still leaves: it must not hold
+    /// back the tracker's clock.
     fn drop(&mut self) {
         self.leave(Sightings::default());
     }
