@@ -821,7 +821,12 @@ fn a_revoked_partitions_stages_are_no_longer_judged_here() {
     let flow = FlowTracker::shared(&settings).expect("flow.enabled");
     let budget = pipewatch::engine::StageBudget::new(100);
     let engine = || {
-        Engine::with_shared(&settings, ScoreRows::Lead, budget.clone(), Some(flow.clone()))
+        Engine::with_shared(
+            &settings,
+            ScoreRows::Lead,
+            budget.clone(),
+            Some(flow.clone()),
+        )
     };
     let (mut a, mut b) = (engine(), engine());
     let mut out = Outputs::default();
@@ -846,7 +851,9 @@ fn a_revoked_partitions_stages_are_no_longer_judged_here() {
         before.extend(found(&mut out));
     }
     assert!(
-        before.iter().any(|(what, stage)| what == "hop_delay" && stage == "b"),
+        before
+            .iter()
+            .any(|(what, stage)| what == "hop_delay" && stage == "b"),
         "b is judged while its partition is here"
     );
     drop(b);
@@ -859,5 +866,8 @@ fn a_revoked_partitions_stages_are_no_longer_judged_here() {
     after.extend(found(&mut out));
     let about_b: Vec<_> = after.iter().filter(|(_, stage)| stage == "b").collect();
     assert!(about_b.is_empty(), "{about_b:?}");
-    assert!(after.iter().any(|(_, stage)| stage == "a"), "a is still judged");
+    assert!(
+        after.iter().any(|(_, stage)| stage == "a"),
+        "a is still judged"
+    );
 }
