@@ -9,16 +9,17 @@
 //! rows of the data-flow metrics it judged for the engine's stages.
 //!
 //! An engine never waits for the tracker to take in what it has just sent. It waits only
-//! where its output depends on an answer: at a bucket close, for the answer to the report
-//! it sent at the close before (long since come, unless the tracker is behind); at the
-//! end of its input, and before a live service commits, for every answer. Where an
+//! where its output depends on an answer: at each tick of its event time (every 15
+//! minutes of it), for the answers through the report it sent at the tick before (long
+//! since come, unless the tracker is far behind); at the end of its input, and before a
+//! live service commits, for every answer. Where an
 //! answer comes out therefore depends on the engine's own events alone, never on how
 //! fast the thread ran: a replay gives the same output, in the same order, every time.
 //!
 //! Memory stays bounded: requests wait in a bounded queue (an engine that outruns the
 //! tracker waits to send: back-pressure); an answer gives its batch back as soon as it
-//! comes, and waits, small, until the engine applies it, at the bucket close after its
-//! report's at the latest.
+//! comes, and waits, small, until the engine applies it, at the tick after its report's
+//! at the latest.
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
@@ -181,12 +182,13 @@ const AWAKE_FOR: Duration = Duration::from_micros(50);
 
 /// The next request; none once every sender is gone. Waking a sleeping thread costs the
 /// engine that sends a system call and, on a virtual machine, an interrupt to the other
-/// core: about 4 µs measured here. An engine streaming a backlog reports at each bucket
-/// close, about every 100 µs, and the thread takes a report in in about half that: it
-/// stays awake a little while after each request, yielding its core to whoever needs
-/// it, and sleeps only when the engines pause. Measured on `engine` (medians of 11
-/// alternated pairs): 0.93 of the rate without ids staying awake 50 µs, 0.87 sleeping at
-/// once, 0.86 staying awake 250 µs (the spinning core slows the engine's).
+/// core: about 4 µs measured here. An engine streaming a backlog reports every 512 events
+/// or 15 minutes of event time, every few hundred µs, and the thread takes a report in
+/// in about half that: it stays awake a little while after each request, yielding its
+/// core to whoever needs it, and sleeps only when the engines pause. Measured on `engine`
+/// (medians of 11 alternated pairs, when engines reported at every one-minute bucket
+/// close): 0.93 of the rate without ids staying awake 50 µs, 0.87 sleeping at once, 0.86
+/// staying awake 250 µs (the spinning core slows the engine's).
 fn next(requests: &Receiver<Request>) -> Option<Request> {
     let awake_since = Instant::now();
     loop {
@@ -249,7 +251,7 @@ impl FlowLink {
         send(&self.flow.requests, report);
         self.sent += 1;
         // Answers that came meanwhile give their batches back now: an engine reports
-        // every 512 events, and applies answers only at its bucket closes.
+        // every 512 events, and applies answers only every 15 minutes of event time.
         while let Ok(answer) = self.answers.try_recv() {
             self.arrive(answer);
         }
