@@ -494,11 +494,12 @@ impl Engine {
     pub fn advance_clock(&mut self, now_ms: i64, out: &mut Outputs) {
         if self.watermark_ms.is_some_and(|wm| now_ms > wm) {
             self.advance_watermark(now_ms, out);
-        } else {
-            // A partition with nothing in it is caught up too: it must not hold the
-            // data-flow clock back for ever.
-            self.report_flow(Some(now_ms));
         }
+        // The tracker is told the time at every call, not only at its ticks
+        // (`FLOW_TICK_MS`): a run that stopped halfway is found stuck when its deadline
+        // passes, not up to a tick later. A partition with nothing in it is caught up
+        // too: it must not hold the data-flow clock back for ever.
+        self.report_flow(Some(now_ms));
         // Live, what the tracker found is passed on as soon as it comes.
         self.apply_flow_answers(Answers::Arrived, out);
     }

@@ -157,6 +157,44 @@ fn a_loss_within_the_tolerance_is_not_one() {
 }
 
 #[test]
+fn live_a_run_stopped_halfway_is_stuck_as_the_wall_clock_passes_its_deadline() {
+    let mut p = Pipeline::new(&[]);
+    for n in 0..20 {
+        p.run(n, normal());
+    }
+    p.run(
+        20,
+        Hop {
+            b_in: None,
+            ..normal()
+        },
+    );
+    // Then every stream stops, and only the wall clock moves event time on, as
+    // `pipewatch run` does on its ticks when caught up. Run 20's deadline (stuck_min, 2m,
+    // after `a` ended) and the allowed lateness (30 s) pass within 3 minutes. The engine's
+    // own ticks of the tracker are 15 minutes of event time apart: it must be told the
+    // time at every call, or it finds nothing here.
+    let stopped = T0 + 20 * MINUTE;
+    let mut now = stopped;
+    while now < stopped + 4 * MINUTE {
+        now += 10_000;
+        p.engine.advance_clock(now, &mut p.out);
+    }
+    // The tracker works on its own thread: give it (a bounded) time to take that in.
+    let waited = std::time::Instant::now();
+    while p.flow.lock().stats().stuck_runs == 0 && waited.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let stuck_runs = p.flow.lock().stats().stuck_runs;
+    assert_eq!(stuck_runs, 1, "the tracker was not told the time");
+    p.engine.flush_flow(&mut p.out);
+    p.collect();
+    let stuck = p.of_kind("stuck_run");
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert_eq!(stuck[0].correlation_ids, ["run-20"]);
+}
+
+#[test]
 fn a_run_that_stops_halfway_is_stuck_once_its_hop_deadline_passes() {
     let mut p = Pipeline::new(&[]);
     for n in 0..20 {
