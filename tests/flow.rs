@@ -156,8 +156,8 @@ fn a_loss_within_the_tolerance_is_not_one() {
     assert!(p.of_kind("data_loss").is_empty());
 }
 
-#[test]
-fn live_a_run_stopped_halfway_is_stuck_as_the_wall_clock_passes_its_deadline() {
+/// Twenty runs through `a` and `b`, then run 20, which leaves `a` and never reaches `b`.
+fn a_run_stopped_halfway() -> Pipeline {
     let mut p = Pipeline::new(&[]);
     for n in 0..20 {
         p.run(n, normal());
@@ -169,6 +169,12 @@ fn live_a_run_stopped_halfway_is_stuck_as_the_wall_clock_passes_its_deadline() {
             ..normal()
         },
     );
+    p
+}
+
+#[test]
+fn live_a_run_stopped_halfway_is_stuck_as_the_wall_clock_passes_its_deadline() {
+    let mut p = a_run_stopped_halfway();
     // Then every stream stops, and only the wall clock moves event time on, as
     // `pipewatch run` does on its ticks when caught up. Run 20's deadline (stuck_min, 2m,
     // after `a` ended) and the allowed lateness (30 s) pass within 3 minutes. The engine's
@@ -196,17 +202,7 @@ fn live_a_run_stopped_halfway_is_stuck_as_the_wall_clock_passes_its_deadline() {
 
 #[test]
 fn a_run_that_stops_halfway_is_stuck_once_its_hop_deadline_passes() {
-    let mut p = Pipeline::new(&[]);
-    for n in 0..20 {
-        p.run(n, normal());
-    }
-    p.run(
-        20,
-        Hop {
-            b_in: None,
-            ..normal()
-        },
-    );
+    let mut p = a_run_stopped_halfway();
     // Later runs move event time on; the deadline is stuck_min (2m) here, the hop's
     // usual 5 s times three being less, and it is judged once the allowed lateness
     // (30 s) has passed too: a report of `b` that ended in time may still arrive.
