@@ -333,7 +333,8 @@ pub struct Engine {
     /// Data-flow tracking: this engine's link to the tracker's thread, which the engines
     /// of one process share (see [`crate::flow::SharedFlow`]).
     flow: Option<FlowLink>,
-    /// Event time up to which the flow tracker has been told.
+    /// The event time of the engine's last tick of the data-flow tracker
+    /// (`FLOW_TICK_MS`).
     flow_clock_ms: i64,
     /// Events for the flow tracker, handed over in batches (see [`Sightings`]).
     sightings: Sightings,

@@ -12,9 +12,9 @@
 //! where its output depends on an answer: at each tick of its event time (every 15
 //! minutes of it), for the answers through the report it sent at the tick before (long
 //! since come, unless the tracker is far behind); at the end of its input, and before a
-//! live service commits, for every answer. Where an
-//! answer comes out therefore depends on the engine's own events alone, never on how
-//! fast the thread ran: a replay gives the same output, in the same order, every time.
+//! live service commits, for every answer. Where an answer comes out therefore depends
+//! on the engine's own events alone, never on how fast the thread ran: a replay gives
+//! the same output, in the same order, every time.
 //!
 //! Memory stays bounded: requests wait in a bounded queue (an engine that outruns the
 //! tracker waits to send: back-pressure); an answer gives its batch back as soon as it
