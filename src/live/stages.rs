@@ -135,13 +135,29 @@ impl StageView {
 /// to the board without copying the names.
 pub type StageKey = (Arc<str>, Arc<str>);
 
+/// Whether two names are equal, by pointer first: a stage's rows share its engine's
+/// names, so in `add_scores` the content is compared only where stages change.
+fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+fn same_owner(a: Option<&Owner>, b: Option<&Owner>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.partition == b.partition && same(&a.topic, &b.topic),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// The key of a stage named by reference (an API path, an alert).
 fn key(pipeline: &str, stage: &str) -> StageKey {
     (Arc::from(pipeline), Arc::from(stage))
 }
 
 pub struct StageBoard {
-    stages: DashMap<StageKey, StageView>,
+    /// Hashed with hashbrown's default (foldhash, seeded per process) rather than
+    /// SipHash: a lookup per group of closed buckets is on the consumer thread.
+    stages: DashMap<StageKey, StageView, hashbrown::DefaultHashBuilder>,
     /// Points kept per stage and metric.
     history: usize,
 }
@@ -149,7 +165,7 @@ pub struct StageBoard {
 impl StageBoard {
     pub fn new(history: usize) -> StageBoard {
         StageBoard {
-            stages: DashMap::new(),
+            stages: DashMap::default(),
             history: history.max(1),
         }
     }
@@ -164,11 +180,13 @@ impl StageBoard {
                 .stages
                 .entry((first.pipeline.clone(), first.stage.clone()))
                 .or_default();
-            view.owner = owner.cloned();
+            if !same_owner(view.owner.as_ref(), owner) {
+                view.owner = owner.cloned();
+            }
             let mut row = Some(first);
             while let Some(r) = row {
                 self.push(&mut view, r);
-                row = rows.next_if(|n| n.pipeline == r.pipeline && n.stage == r.stage);
+                row = rows.next_if(|n| same(&n.pipeline, &r.pipeline) && same(&n.stage, &r.stage));
             }
         }
     }
