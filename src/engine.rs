@@ -849,3 +849,57 @@ impl Closer<'_> {
         out.alerts.push(alert);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use rand::{Rng, SeedableRng};
+
+    use super::RecentIds;
+
+    /// The filter answers as a plain FIFO of the last `capacity` confirmed ids would, with
+    /// claims withdrawn now and then.
+    #[test]
+    fn recent_ids_remember_exactly_the_last_capacity_confirmed() {
+        for capacity in [1, 7, 50, 1_000] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(capacity as u64);
+            let mut ids = RecentIds::new(capacity);
+            let mut fifo: VecDeque<u64> = VecDeque::new();
+            let (mut duplicates, mut withdrawn) = (0, 0);
+            for _ in 0..100 * capacity.max(100) {
+                // Ids from a range three times the capacity: some come back while
+                // remembered, most after they were forgotten.
+                let h = rng.gen_range(0..(capacity as u64 * 3 + 8));
+                let expected = !fifo.contains(&h);
+                assert_eq!(ids.claim(h), expected, "capacity {capacity}, id {h}");
+                if !expected {
+                    duplicates += 1;
+                    continue;
+                }
+                if rng.gen_ratio(1, 10) {
+                    ids.withdraw(h);
+                    withdrawn += 1;
+                    continue;
+                }
+                ids.confirm(h);
+                fifo.push_back(h);
+                if fifo.len() > capacity {
+                    fifo.pop_front();
+                }
+            }
+            assert!(duplicates > 0 && withdrawn > 0);
+            // Bounded: the set holds what is remembered.
+            assert!(ids.set.len() <= capacity, "{}", ids.set.len());
+        }
+    }
+
+    #[test]
+    fn a_zero_capacity_remembers_nothing() {
+        let mut ids = RecentIds::new(0);
+        for _ in 0..3 {
+            assert!(ids.claim(42));
+            ids.confirm(42);
+        }
+    }
+}
