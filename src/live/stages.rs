@@ -135,20 +135,6 @@ impl StageView {
 /// to the board without copying the names.
 pub type StageKey = (Arc<str>, Arc<str>);
 
-/// Whether two names are equal, by pointer first: a stage's rows share its engine's
-/// names, so in `add_scores` the content is compared only where stages change.
-fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
-fn same_owner(a: Option<&Owner>, b: Option<&Owner>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => a.partition == b.partition && same(&a.topic, &b.topic),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
 /// The key of a stage named by reference (an API path, an alert).
 fn key(pipeline: &str, stage: &str) -> StageKey {
     (Arc::from(pipeline), Arc::from(stage))
@@ -180,13 +166,15 @@ impl StageBoard {
                 .stages
                 .entry((first.pipeline.clone(), first.stage.clone()))
                 .or_default();
-            if !same_owner(view.owner.as_ref(), owner) {
+            // Rewritten only when it changed: a clone and a drop of an `Arc` spared per
+            // group. (`Arc<str>` equality compares pointers before bytes already.)
+            if view.owner.as_ref() != owner {
                 view.owner = owner.cloned();
             }
             let mut row = Some(first);
             while let Some(r) = row {
                 self.push(&mut view, r);
-                row = rows.next_if(|n| same(&n.pipeline, &r.pipeline) && same(&n.stage, &r.stage));
+                row = rows.next_if(|n| n.pipeline == r.pipeline && n.stage == r.stage);
             }
         }
     }
