@@ -41,18 +41,17 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientContext, Message};
+use rdkafka::ClientContext;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -62,11 +61,15 @@ use crate::live::{Driver, Live};
 use crate::sink::email::EmailNotifier;
 use crate::sink::kafka::{KafkaSink, Origin};
 use crate::sink::ndjson::NdjsonWriter;
+use crate::source::batch::{Batch, Delivered, Forwarder, MessageQueue};
 use crate::source::kafka::{consumer_config, lag, BrokerView};
 use crate::telemetry::mirror;
 
 /// How long one poll waits for a message: the loop's reaction time to a stop request.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Most messages taken from librdkafka at once (see [`crate::source::batch`]): enough
+/// that what a take costs is spread thin, few enough that the clock is read often.
+const BATCH: usize = 512;
 /// How often live clocks advance and commits are considered.
 const TICK: Duration = Duration::from_millis(250);
 /// A caught-up partition follows the wall clock once it has received nothing for this
@@ -112,6 +115,10 @@ pub struct RunCounters {
     pub commits: u64,
     pub commits_failed: u64,
     pub consumer_errors: u64,
+    /// Messages that came one by one through `BaseConsumer::poll` instead of in batches:
+    /// from a partition librdkafka could not forward (see [`crate::source::batch`]).
+    /// None in a healthy run.
+    pub unbatched: u64,
     pub assigned: u64,
     pub revoked: u64,
 }
@@ -245,6 +252,9 @@ struct ServiceContext {
     worker: Mutex<Worker>,
     brokers: Mutex<BrokerView>,
     errors: AtomicU64,
+    /// Where assigned partitions' messages go (see [`crate::source::batch`]); set once
+    /// the consumer exists, before it subscribes.
+    messages: OnceLock<Forwarder>,
 }
 
 impl ServiceContext {
@@ -296,6 +306,19 @@ impl ConsumerContext for ServiceContext {
         let result = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let own_output = worker.assign(consumer, partitions);
+                // Before they are assigned, so that librdkafka fetches none of their
+                // messages into the consumer's own queue.
+                if let Some(messages) = self.messages.get() {
+                    for p in partitions.elements() {
+                        if !messages.forward(p.topic(), p.partition()) {
+                            tracing::debug!(
+                                topic = p.topic(),
+                                partition = p.partition(),
+                                "partition not forwarded: its messages come one by one"
+                            );
+                        }
+                    }
+                }
                 let assigned = if cooperative {
                     consumer.incremental_assign(partitions)
                 } else {
@@ -407,12 +430,12 @@ impl Worker {
     }
 
     /// One message, start to end. `sample_latency`: observe its processing latency.
-    fn process(&mut self, message: &BorrowedMessage<'_>, sample_latency: bool) {
+    fn process(&mut self, message: &Delivered<'_>, sample_latency: bool) {
         let now_ms = self.now_ms;
-        let i = self.task_index(message.topic(), message.partition());
+        let i = self.task_index(message.topic, message.partition);
         let task = &mut self.tasks[i];
-        let payload = message.payload().unwrap_or_default();
-        let offset = message.offset();
+        let payload = message.payload;
+        let offset = message.offset;
         let outcome = task.engine.ingest(payload, now_ms, &mut self.out);
         task.next_offset = Some(offset + 1);
         task.last_message_ms = now_ms;
@@ -427,7 +450,7 @@ impl Worker {
                     let task = &mut self.tasks[i];
                     task.warm_until = None;
                     tracing::info!(
-                        topic = message.topic(),
+                        topic = message.topic,
                         partition = task.owner.partition,
                         stages = task.engine.tracked_stages(),
                         "warm-up done; judging from the committed offset"
@@ -441,7 +464,7 @@ impl Worker {
         self.counters.processed += 1;
         self.progress.processed.fetch_add(1, Ordering::Relaxed);
         if sample_latency {
-            if let Some(ts) = message.timestamp().to_millis().filter(|&ts| ts > 0) {
+            if let Some(ts) = message.timestamp_ms.filter(|&ts| ts > 0) {
                 let seconds = (now_ms - ts).max(0) as f64 / 1000.0;
                 self.live.telemetry.processing_latency.observe(seconds);
             }
@@ -451,23 +474,17 @@ impl Worker {
             Outcome::Invalid(rejection) => {
                 self.counters.invalid += 1;
                 let origin = Origin {
-                    topic: message.topic(),
-                    partition: message.partition(),
+                    topic: message.topic,
+                    partition: message.partition,
                     offset,
-                    key: message.key(),
+                    key: message.key,
                 };
                 self.sink.dead_letter(payload, &origin, rejection);
             }
             _ => {}
         }
         if let Some(log) = self.offsets_log.as_mut() {
-            if let Err(err) = writeln!(
-                log,
-                "{} {} {}",
-                message.topic(),
-                message.partition(),
-                offset
-            ) {
+            if let Err(err) = writeln!(log, "{} {} {}", message.topic, message.partition, offset) {
                 tracing::error!(error = %err, "cannot write the offsets log");
             }
         }
@@ -1056,9 +1073,15 @@ pub fn consume(
                 worker: Mutex::new(worker),
                 brokers: Mutex::new(BrokerView::default()),
                 errors: AtomicU64::new(0),
+                messages: OnceLock::new(),
             })
             .context("creating the Kafka consumer")?,
     );
+    // Dropped before the consumer (see `MessageQueue`): declared after it, and dropped
+    // explicitly before the consumer is closed below.
+    let messages = MessageQueue::new(&consumer);
+    let context = Arc::clone(consumer.context());
+    let _ = context.messages.set(messages.forwarder());
     let topics: Vec<&str> = settings.kafka.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
@@ -1069,37 +1092,65 @@ pub fn consume(
         topics = ?topics,
         "consuming"
     );
-    let context = Arc::clone(consumer.context());
+    let mut batch = Batch::with_capacity(BATCH);
     let mut next_tick = Instant::now() + TICK;
     // Reading the clocks costs about as much as the rest of the loop's own work, so while
     // messages stream in they are read every `CLOCK_EVERY` messages, not for each one.
     let mut until_clock = 0u32;
     while !stop.load(Ordering::Relaxed) {
-        match consumer.poll(POLL_TIMEOUT) {
+        // Events: rebalances, statistics, errors, commit answers. A message comes this way
+        // only from a partition that could not be forwarded.
+        let polled = match consumer.poll(Duration::ZERO) {
             Some(Ok(message)) => {
                 let mut worker = context.worker();
-                let sample = until_clock == 0;
-                if sample {
-                    worker.now_ms = worker.clock.now_ms();
-                }
-                worker.process(&message, sample);
+                worker.now_ms = worker.clock.now_ms();
+                worker.counters.unbatched += 1;
+                worker.process(&Delivered::of(&message), true);
+                true
             }
             Some(Err(err)) => {
-                context.worker().counters.consumer_errors += 1;
-                tracing::warn!(error = %err, "kafka consumer error");
-                until_clock = 0;
+                consumer_error(&context, &err);
+                false
             }
-            None => until_clock = 0,
-        }
-        if until_clock == 0 {
-            until_clock = CLOCK_EVERY;
-            if Instant::now() >= next_tick {
-                context.worker().tick(&consumer);
-                next_tick = Instant::now() + TICK;
+            None => false,
+        };
+        // Waiting for a batch only when the consumer's own queue had no message: one that
+        // brings them one by one is read at full speed too.
+        messages.take(
+            &mut batch,
+            if polled { Duration::ZERO } else { POLL_TIMEOUT },
+        );
+        if batch.is_empty() {
+            until_clock = 0;
+        } else {
+            let mut worker = context.worker();
+            for message in batch.iter() {
+                match message {
+                    Ok(message) => {
+                        if until_clock == 0 {
+                            until_clock = CLOCK_EVERY;
+                            worker.now_ms = worker.clock.now_ms();
+                        }
+                        worker.process(&message, until_clock == CLOCK_EVERY);
+                        until_clock -= 1;
+                    }
+                    Err(err) => {
+                        drop(worker);
+                        consumer_error(&context, &err);
+                        worker = context.worker();
+                        until_clock = 0;
+                    }
+                }
             }
         }
-        until_clock -= 1;
+        if Instant::now() >= next_tick {
+            context.worker().tick(&consumer);
+            next_tick = Instant::now() + TICK;
+        }
     }
+    // Messages taken and not processed are read again after the restart: their offsets
+    // are not committed.
+    drop(batch);
     tracing::info!("stopping: committing processed offsets and leaving the group");
     let stop_began = Instant::now();
     let deadline = stop_began + STOP_WAIT.min(settings.kafka.shutdown_timeout * 2 / 3);
@@ -1131,6 +1182,7 @@ pub fn consume(
         tracing::warn!("the last commit failed; events since the previous one will be read again");
     }
     consumer.unsubscribe();
+    drop(messages);
     let mut counters = context.worker().counters.clone();
     counters.consumer_errors += context.errors.load(Ordering::Relaxed);
     // The rest of the stop's share of kafka.shutdown_timeout, less a sixth for what
@@ -1144,6 +1196,13 @@ pub fn consume(
         "stopped"
     );
     Ok(counters)
+}
+
+/// An error librdkafka reported to the consume loop: counted and logged (it retries on
+/// its own).
+fn consumer_error(context: &ServiceContext, err: &KafkaError) {
+    context.worker().counters.consumer_errors += 1;
+    tracing::warn!(error = %err, "kafka consumer error");
 }
 
 /// Sends a commit of `offsets` from a thread of its own, whose answer comes on the
@@ -1282,9 +1341,13 @@ pub async fn stop_requested() -> &'static str {
 
 /// The line printed when `pipewatch run` stops.
 pub fn summary(c: &RunCounters) -> String {
+    let unbatched = match c.unbatched {
+        0 => String::new(),
+        n => format!("; {n} messages came one by one, not in batches"),
+    };
     format!(
         "run: {} messages processed ({} applied, {} invalid), {} re-read for warm-up; {} commits ({} failed); \
-         {} partitions assigned, {} revoked; {} consumer errors",
+         {} partitions assigned, {} revoked; {} consumer errors{unbatched}",
         c.processed,
         c.applied,
         c.invalid,

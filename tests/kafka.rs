@@ -491,6 +491,10 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
     let status = pw.terminate(Duration::from_secs(15));
     assert!(status.success(), "graceful stop exits 0: {status}");
     assert_eq!(pw.logged("stopped"), 1);
+    // Every message came in batches: each partition was forwarded to the batch queue
+    // before it was assigned (see `source::batch`), none left to `BaseConsumer::poll`.
+    assert_eq!(pw.logged("messages processed"), 1, "the run's summary");
+    assert_eq!(pw.logged("not in batches"), 0, "{}", pw.log_tail(5));
 
     let alerts = alerts_in(&alert_messages);
     println!(

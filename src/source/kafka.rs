@@ -2,7 +2,8 @@
 //! connection and each partition's end.
 //!
 //! The consume loop itself is in [`crate::run`], because a rebalance must reach the
-//! engines it moves: see there.
+//! engines it moves: see there. It takes the assigned partitions' messages in batches
+//! ([`crate::source::batch`]).
 
 use std::collections::HashMap;
 
