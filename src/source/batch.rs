@@ -4,9 +4,10 @@
 //! costs the consuming thread about 0.2 µs besides the message: four clock readings
 //! (librdkafka's poll-interval bookkeeping and timeout, and rust-rdkafka's), wrapping the
 //! message as an event, and an allocation. A consumer that only reads spent 0.27–0.34 µs
-//! per message that way, and 0.08–0.10 µs taking the same messages in batches
-//! (`benches/kafka.rs`, 2026-12-07): for pipewatch, about a seventh of its own work per
-//! message. librdkafka's `rd_kafka_consume_batch_queue` pays that once per batch;
+//! per message that way, and 0.08–0.10 µs taking the same messages in batches; in
+//! `pipewatch run` the consuming thread's CPU per message went from 1.42–1.68 µs to
+//! 1.09–1.32 (`benches/kafka.rs`, 2026-12-07; README, Performance). librdkafka's
+//! `rd_kafka_consume_batch_queue` pays that once per batch;
 //! rust-rdkafka has no wrapper for it, so this is the one module where pipewatch calls
 //! librdkafka itself.
 //!
