@@ -104,20 +104,20 @@ impl MessageQueue {
     pub fn take(&self, batch: &mut Batch, timeout: Duration) {
         batch.clear();
         let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
-        let slots = batch.slots.as_mut_ptr();
-        // SAFETY: `slots` has room for `batch.capacity` pointers (a `NonNull` is laid out
+        let room = batch.slots.capacity();
+        // SAFETY: the emptied `slots` has room for `room` pointers (a `NonNull` is laid out
         // as a pointer), which librdkafka fills with messages the batch owns until
         // `clear` destroys them.
         let taken = unsafe {
             rd::rd_kafka_consume_batch_queue(
                 self.queue.as_ptr(),
                 timeout_ms,
-                slots.cast(),
-                batch.capacity,
+                batch.slots.as_mut_ptr().cast(),
+                room,
             )
         };
         // Negative only for an invalid queue; none is.
-        let taken = usize::try_from(taken).unwrap_or(0).min(batch.capacity);
+        let taken = usize::try_from(taken).unwrap_or(0).min(room);
         // SAFETY: librdkafka wrote `taken` non-null message pointers.
         unsafe { batch.slots.set_len(taken) };
     }
@@ -174,8 +174,8 @@ impl Forwarder {
 
 /// Messages taken by [`MessageQueue::take`], owned until the next take (or the drop).
 pub struct Batch {
+    /// Its capacity is how many a take may bring.
     slots: Vec<NonNull<rd::rd_kafka_message_t>>,
-    capacity: usize,
 }
 
 // SAFETY: librdkafka's messages may be read and destroyed from any thread.
@@ -185,12 +185,7 @@ impl Batch {
     pub fn with_capacity(capacity: usize) -> Batch {
         Batch {
             slots: Vec::with_capacity(capacity.max(1)),
-            capacity: capacity.max(1),
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
