@@ -1154,8 +1154,8 @@ pub fn consume(
             next_tick = Instant::now() + TICK;
         }
     }
-    // Messages taken and not processed are read again after the restart: their offsets
-    // are not committed.
+    // Every message taken was processed (a batch is finished before the stop is looked
+    // at); they go back to librdkafka before the consumer is closed.
     drop(batch);
     tracing::info!("stopping: committing processed offsets and leaving the group");
     let stop_began = Instant::now();
