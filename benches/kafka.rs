@@ -63,6 +63,10 @@ struct Cpu {
     librdkafka: f64,
     /// pipewatch's data-flow tracker (its thread, `pw-flow`).
     tracker: f64,
+    /// What the consuming thread spent waiting for the tracker's thread
+    /// (`SharedFlow::waited`), not for messages. It overlaps the wait for a core a little:
+    /// a woken thread waits for one too, so the three shares can add up to over 100%.
+    tracker_wait: f64,
     /// The bench's other threads (its progress watcher, the sink's poller).
     bench: f64,
     broker: f64,
@@ -125,6 +129,7 @@ impl Cpu {
             consumer_waiting: self.consumer_waiting - before.consumer_waiting,
             librdkafka: self.librdkafka - before.librdkafka,
             tracker: self.tracker - before.tracker,
+            tracker_wait: self.tracker_wait - before.tracker_wait,
             bench: self.bench - before.bench,
             broker: self.broker - before.broker,
             machine: self.machine - before.machine,
@@ -154,7 +159,7 @@ impl Cpu {
         let share = |s: f64| 100.0 * s / seconds;
         format!(
             "CPU per message: consumer thread {:.2} µs, data-flow tracker {:.2} µs, librdkafka {:.2} µs, tansu {:.2} µs; \
-             consumer thread ran {:.0}%, waited for a core {:.0}%, waited for messages {:.0}% of the time; \
+             consumer thread ran {:.0}%, waited for a core {:.0}%, for the tracker {:.0}%, for messages {:.0}% of the time; \
              rest of machine {:.2} cores; CPU-bound ceiling {:.0} events/s",
             us(self.consumer),
             us(self.tracker),
@@ -162,7 +167,8 @@ impl Cpu {
             us(self.broker),
             share(self.consumer),
             share(self.consumer_waiting),
-            share(seconds - self.consumer - self.consumer_waiting).max(0.0),
+            share(self.tracker_wait),
+            share(seconds - self.consumer - self.consumer_waiting - self.tracker_wait).max(0.0),
             rest.max(0.0) / seconds,
             self.ceiling()
         )
@@ -269,12 +275,14 @@ fn pipewatch(settings: &Settings, broker: u32) -> Timed {
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
     // Named, so that a profiler can tell its time from the raw consumer's.
+    let live = Arc::new(Live::new(settings, Driver::Service));
+    let tracker_wait = || live.flow.as_ref().map_or(0.0, |f| f.waited().as_secs_f64());
     let worker = std::thread::Builder::new()
         .name("pipewatch".into())
         .spawn({
             let (settings, progress, stop) = (settings.clone(), progress.clone(), stop.clone());
+            let live = Arc::clone(&live);
             move || {
-                let live = Arc::new(Live::new(&settings, Driver::Service));
                 let outlets = Outlets { live, email: None };
                 consume(&settings, &RunArgs::default(), &stop, progress, outlets).expect("consumes")
             }
@@ -283,13 +291,17 @@ fn pipewatch(settings: &Settings, broker: u32) -> Timed {
     while progress.processed.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_micros(200));
     }
-    let (first, cpu) = (Instant::now(), Cpu::read("pipewatch", broker));
+    let read = || Cpu {
+        tracker_wait: tracker_wait(),
+        ..Cpu::read("pipewatch", broker)
+    };
+    let (first, cpu) = (Instant::now(), read());
     while progress.processed.load(Ordering::Relaxed) < *EVENTS {
         std::thread::sleep(Duration::from_micros(200));
     }
     let timed = Timed {
         seconds: first.elapsed().as_secs_f64(),
-        cpu: Cpu::read("pipewatch", broker).since(&cpu),
+        cpu: read().since(&cpu),
     };
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("consume thread");

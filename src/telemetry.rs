@@ -7,9 +7,11 @@
 //! the `ALERTS`-style gauge are built from the live state at scrape time (see
 //! `crate::api::metrics`), so a stage that leaves leaves no stale series behind.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::alert::{Alert, AlertStatus};
@@ -61,6 +63,7 @@ pub struct Telemetry {
     pub flow_runs: IntGauge,
     pub flow_runs_forgotten: IntCounterVec,
     pub flow_dropped: IntCounterVec,
+    pub flow_wait: Counter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -73,6 +76,14 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn seconds_counter(registry: &Registry, name: &str, help: &str) -> Counter {
+    let c = Counter::new(name, help).expect("a valid metric name");
     registry
         .register(Box::new(c.clone()))
         .expect("each metric is registered once");
@@ -299,6 +310,13 @@ impl Telemetry {
                  their bucket was judged",
                 &["what"],
             ),
+            flow_wait: seconds_counter(
+                r,
+                "pipewatch_flow_wait_seconds_total",
+                "Time the consume loop waited for the data-flow tracker's thread (its \
+                 answers, or room in its queue): a rate near 1 means following runs is \
+                 what holds the loop back",
+            ),
             registry,
         };
         // Series of known label values exist from the start at 0: a series born at its
@@ -344,7 +362,12 @@ impl Telemetry {
     }
 
     /// Mirrors the data-flow tracker's figures.
-    pub fn record_flow(&self, flow: &crate::flow::FlowTracker) {
+    /// `waited`: the engines' time waiting for the tracker's thread, in all.
+    pub fn record_flow(&self, flow: &crate::flow::FlowTracker, waited: Duration) {
+        let (total, now) = (waited.as_secs_f64(), self.flow_wait.get());
+        if total > now {
+            self.flow_wait.inc_by(total - now);
+        }
         self.flow_runs.set(flow.tracked_runs() as i64);
         let stats = flow.stats();
         mirror(

@@ -907,3 +907,36 @@ fn a_revoked_partitions_stages_are_no_longer_judged_here() {
         "a is still judged"
     );
 }
+
+#[test]
+fn the_time_an_engine_waits_for_the_trackers_thread_is_counted() {
+    // `pipewatch_flow_wait_seconds_total` tells an operator that following runs is what
+    // holds the consume loop back. Here the tracker's thread is held up for 300 ms (its
+    // state locked, as a long batch would): the engine's flush waits for it, and the
+    // wait is counted.
+    let settings = Settings::load_with_env(None, std::iter::empty()).unwrap();
+    let (mut engine, flow) = engine_and_tracker(&settings, ScoreRows::Lead);
+    let mut out = Outputs::default();
+    let json = format!(
+        r#"{{"pipeline":"p","stage":"a","timestamp":{T0},"correlation_id":"run-1","records_in":10,"records_out":10}}"#
+    );
+    engine.ingest(json.as_bytes(), i64::MAX, &mut out);
+    assert_eq!(flow.waited(), std::time::Duration::ZERO, "no wait yet");
+    let (locked, holding) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn({
+        let flow = flow.clone();
+        move || {
+            let _state = flow.lock();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    });
+    holding.recv().unwrap();
+    engine.flush_flow(&mut out);
+    holder.join().unwrap();
+    let waited = flow.waited();
+    assert!(
+        waited >= std::time::Duration::from_millis(150),
+        "the flush waited for the tracker while it was held up: {waited:?} counted"
+    );
+}

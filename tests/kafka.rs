@@ -477,6 +477,9 @@ fn faults_alert_on_the_alert_topic_and_invalid_messages_are_dead_lettered() {
         value(r#"pipewatch_flow_dropped_total{what="late_figures"}"#),
         Some(0.0)
     );
+    // How long the loop waited for the tracker's thread: a time, whatever it came to.
+    let waited = value("pipewatch_flow_wait_seconds_total");
+    assert!(waited.is_some_and(|s| s >= 0.0), "{waited:?}");
     let lag = common::series(&metrics, "pipewatch_consumer_lag_messages");
     assert_eq!(lag.len(), PARTITIONS as usize, "{lag:?}");
     assert!(!common::series(&metrics, "pipewatch_stage_value").is_empty());

@@ -22,7 +22,8 @@
 //! at the latest.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ const QUEUED_REQUESTS: usize = 64;
 pub struct SharedFlow {
     tracker: Arc<Mutex<FlowTracker>>,
     requests: SyncSender<Request>,
+    /// Nanoseconds the engines spent blocked on the thread (see [`SharedFlow::waited`]).
+    waited_ns: Arc<AtomicU64>,
 }
 
 enum Request {
@@ -85,7 +88,41 @@ impl SharedFlow {
         std::thread::Builder::new()
             .name("pw-flow".into())
             .spawn(move || serve(&shared, queue))?;
-        Ok(SharedFlow { tracker, requests })
+        Ok(SharedFlow {
+            tracker,
+            requests,
+            waited_ns: Arc::default(),
+        })
+    }
+
+    /// How long the engines have waited for the tracker's thread, in all: for its
+    /// answers at their ticks, or for room in its queue. Reading a backlog, this is the
+    /// time the tracker held the consume loop back (`pipewatch_flow_wait_seconds_total`):
+    /// on the 2-core machines here, with the broker on the same cores, about a sixth of
+    /// the loop's time, for the tracker's thread waits for a core as often as the loop.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.waited_ns.load(Ordering::Relaxed))
+    }
+
+    /// Runs `wait`, which blocks on the tracker's thread, and counts the time it took.
+    fn timed<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = wait();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.waited_ns.fetch_add(nanos, Ordering::Relaxed);
+        result
+    }
+
+    /// Queues a request, waiting (counted) while the queue is full.
+    fn send(&self, request: Request) {
+        let ended = match self.requests.try_send(request) {
+            Ok(()) => false,
+            Err(TrySendError::Full(request)) => self.timed(|| self.requests.send(request)).is_err(),
+            Err(TrySendError::Disconnected(_)) => true,
+        };
+        if ended {
+            panic!("the data-flow tracker's thread has ended (it panicked: see above)");
+        }
     }
 
     /// The tracker's state, for reading (API, metrics, tests) or for what must be
@@ -100,7 +137,7 @@ impl SharedFlow {
     pub fn connect(&self, score_rows: ScoreRows) -> FlowLink {
         let source = self.lock().add_source(score_rows);
         let (answers, receiver) = mpsc::channel();
-        send(&self.requests, Request::Join { source, answers });
+        self.send(Request::Join { source, answers });
         FlowLink {
             flow: self.clone(),
             source,
@@ -111,12 +148,6 @@ impl SharedFlow {
             spares: Vec::new(),
             left: false,
         }
-    }
-}
-
-fn send(requests: &SyncSender<Request>, request: Request) {
-    if requests.send(request).is_err() {
-        panic!("the data-flow tracker's thread has ended (it panicked: see above)");
     }
 }
 
@@ -248,7 +279,7 @@ impl FlowLink {
             watermark_ms,
             ends,
         };
-        send(&self.flow.requests, report);
+        self.flow.send(report);
         self.sent += 1;
         // Answers that came meanwhile give their batches back now: an engine reports
         // every 512 events, and applies answers only every 15 minutes of event time.
@@ -272,7 +303,12 @@ impl FlowLink {
     pub fn take_through(&mut self, report: u64) -> impl Iterator<Item = Answer> + '_ {
         let report = report.min(self.sent);
         while self.received < report {
-            match self.answers.recv() {
+            let answer = match self.answers.try_recv() {
+                Ok(answer) => Ok(answer),
+                Err(TryRecvError::Empty) => self.flow.timed(|| self.answers.recv()),
+                Err(TryRecvError::Disconnected) => Err(mpsc::RecvError),
+            };
+            match answer {
                 Ok(answer) => self.arrive(answer),
                 Err(_) => {
                     panic!("the data-flow tracker's thread has ended (it panicked: see above)")

@@ -154,7 +154,7 @@ impl Live {
     /// Mirrors what the shared data-flow tracker counts into the metrics.
     pub fn record_flow(&self) {
         if let Some(flow) = &self.flow {
-            self.telemetry.record_flow(&flow.lock());
+            self.telemetry.record_flow(&flow.lock(), flow.waited());
         }
     }
 
