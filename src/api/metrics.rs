@@ -106,9 +106,9 @@ fn stage_families(live: &Live) -> Vec<MetricFamily> {
         health
             .with_label_values(&[&**pipeline, &**stage, h.as_str()])
             .set(1);
-        for (metric, points) in &view.metrics {
+        for (metric, points) in view.metrics.iter() {
             let Some(p) = points.back() else { continue };
-            let labels = [&**pipeline, &**stage, metric.as_str()];
+            let labels = [&**pipeline, &**stage, metric];
             if p.value.is_finite() {
                 value.with_label_values(&labels).set(p.value);
             }

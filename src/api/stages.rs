@@ -1,7 +1,7 @@
 //! Stages and alerts, read-only: `/api/v1/stages`, `/api/v1/stages/{pipeline}/{stage}`,
 //! `/api/v1/pipelines`, `/api/v1/alerts`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::Alert;
-use crate::live::stages::{Health, Point, StageView};
+use crate::live::stages::{Health, MetricPoints, Point, StageView};
 use crate::live::Live;
 use crate::time::serialize_ms;
 
@@ -59,7 +59,7 @@ impl<'a> StageSummary<'a> {
             metrics: view
                 .metrics
                 .iter()
-                .filter_map(|(name, points)| Some((name.as_str(), *points.back()?)))
+                .filter_map(|(name, points)| Some((name, *points.back()?)))
                 .collect(),
         }
     }
@@ -236,7 +236,7 @@ struct StageDetail<'a> {
     #[serde(serialize_with = "serialize_ms")]
     last_bucket_end: i64,
     /// Each metric's recent scored buckets, oldest first, with the lead detector's band.
-    metrics: &'a BTreeMap<String, VecDeque<Point>>,
+    metrics: &'a MetricPoints,
     /// The stage's alerts firing now.
     alerts: Vec<Arc<Alert>>,
 }

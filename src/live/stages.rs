@@ -6,10 +6,11 @@
 //! not per event), and sharded (dashmap) so an HTTP reader locks one shard for a moment
 //! while the consumer thread writes to others.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use serde::ser::SerializeMap;
 use serde::Serialize;
 
 use crate::engine::ScoredBucket;
@@ -101,11 +102,80 @@ impl Point {
     }
 }
 
+/// A stage's metrics and their recent points, oldest first.
+///
+/// Kept in the order the engine first scored them, which is the order its rows come in
+/// at every bucket close: each row finds its metric where the one before it left off,
+/// with one comparison of names rather than a search. (A map ordered by name cost a
+/// third of the live view's work on the consume thread: about 250 instructions per
+/// event, 4% of the thread's, counted by callgrind.) Read in order of name.
+#[derive(Debug, Clone, Default)]
+pub struct MetricPoints {
+    series: Vec<(Box<str>, VecDeque<Point>)>,
+    /// Where the next row's metric is expected.
+    next: usize,
+}
+
+impl MetricPoints {
+    /// The points of `metric`, if it was scored.
+    pub fn get(&self, metric: &str) -> Option<&VecDeque<Point>> {
+        let at = self.series.iter().position(|(name, _)| **name == *metric)?;
+        Some(&self.series[at].1)
+    }
+
+    /// Every metric with its points, in order of name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &VecDeque<Point>)> {
+        let mut sorted: Vec<_> = self.series.iter().map(|(n, p)| (&**n, p)).collect();
+        sorted.sort_unstable_by_key(|&(name, _)| name);
+        sorted.into_iter()
+    }
+
+    /// The points of every metric, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &VecDeque<Point>> {
+        self.series.iter().map(|(_, points)| points)
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// The points of `metric`, added if new.
+    fn slot(&mut self, metric: &str) -> &mut VecDeque<Point> {
+        let expected = self.series.get(self.next).filter(|(n, _)| **n == *metric);
+        let at = match expected {
+            Some(_) => self.next,
+            None => match self.series.iter().position(|(n, _)| **n == *metric) {
+                Some(at) => at,
+                None => {
+                    self.series.push((metric.into(), VecDeque::new()));
+                    self.series.len() - 1
+                }
+            },
+        };
+        self.next = (at + 1) % self.series.len();
+        &mut self.series[at].1
+    }
+}
+
+/// As a JSON object of metric → points, in order of name.
+impl Serialize for MetricPoints {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (name, points) in self.iter() {
+            map.serialize_entry(name, points)?;
+        }
+        map.end()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StageView {
     pub owner: Option<Owner>,
-    /// Metric name → its recent points, oldest first.
-    pub metrics: BTreeMap<String, VecDeque<Point>>,
+    pub metrics: MetricPoints,
     /// Firing alerts of this stage, silence excepted.
     pub firing: u32,
     /// A silence alert of this stage is firing.
@@ -181,10 +251,7 @@ impl StageBoard {
 
     fn push(&self, view: &mut StageView, row: &ScoredBucket) {
         view.last_bucket_end = view.last_bucket_end.max(row.bucket_end);
-        let points = match view.metrics.get_mut(&*row.metric) {
-            Some(points) => points,
-            None => view.metrics.entry(row.metric.to_string()).or_default(),
-        };
+        let points = view.metrics.slot(&row.metric);
         if points.len() == self.history {
             points.pop_front();
         }
@@ -294,11 +361,41 @@ mod tests {
             .collect();
         board.add_scores(&rows, None);
         let a = board.get("p", "a").unwrap();
-        let points = &a.metrics["records"];
+        let points = a.metrics.get("records").unwrap();
         assert_eq!(points.len(), 3);
         assert_eq!(points[0].bucket_start, 2 * 60_000);
         assert_eq!(a.health(), Health::Ok);
         assert_eq!(board.get("p", "b").unwrap().health(), Health::WarmingUp);
+    }
+
+    #[test]
+    fn metrics_keep_their_points_apart_and_read_in_order_of_name() {
+        let board = StageBoard::new(4);
+        // The engine's order, then a metric it scores only from the second close on,
+        // then a close that skips one: every row lands on its own metric.
+        let close = |i: i64, metrics: &[&str]| -> Vec<ScoredBucket> {
+            (metrics.iter())
+                .map(|m| row("a", m, i * 60_000, true, false))
+                .collect()
+        };
+        board.add_scores(&close(0, &["records", "errors", "duration"]), None);
+        board.add_scores(&close(1, &["records", "errors", "duration", "bytes"]), None);
+        board.add_scores(&close(2, &["records", "duration", "bytes"]), None);
+        let a = board.get("p", "a").unwrap();
+        let starts = |m: &str| -> Vec<i64> {
+            let points = a.metrics.get(m).unwrap();
+            points.iter().map(|p| p.bucket_start / 60_000).collect()
+        };
+        assert_eq!(starts("records"), [0, 1, 2]);
+        assert_eq!(starts("errors"), [0, 1]);
+        assert_eq!(starts("duration"), [0, 1, 2]);
+        assert_eq!(starts("bytes"), [1, 2]);
+        assert!(a.metrics.get("quality.nulls").is_none());
+        let names: Vec<&str> = a.metrics.iter().map(|(name, _)| name).collect();
+        assert_eq!(names, ["bytes", "duration", "errors", "records"]);
+        let json = serde_json::to_string(&a.metrics).unwrap();
+        let at = |name: &str| json.find(&format!("\"{name}\"")).unwrap();
+        assert!(at("bytes") < at("duration") && at("errors") < at("records"));
     }
 
     #[test]
