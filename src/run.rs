@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -285,7 +285,7 @@ impl ClientContext for ServiceContext {
         // connection, authentication) and are repeated while the cause lasts.
         tracing::warn!(error = %error, "kafka: {reason}");
         self.errors.fetch_add(1, Ordering::Relaxed);
-        if error.rdkafka_error_code() == Some(rdkafka::error::RDKafkaErrorCode::AllBrokersDown) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.brokers().connected = false;
         }
     }
@@ -430,8 +430,15 @@ impl Worker {
     }
 
     /// An error librdkafka reported to the consume loop: counted and logged (it retries on
-    /// its own).
+    /// its own). A partition's end, which librdkafka reports this way when a user sets
+    /// `enable.partition.eof`, is none: the live clock learns of ends from the statistics.
     fn consumer_error(&mut self, err: &KafkaError) {
+        let end = matches!(err, KafkaError::PartitionEOF(_))
+            || err.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if end {
+            tracing::debug!(error = %err, "partition end");
+            return;
+        }
         self.counters.consumer_errors += 1;
         tracing::warn!(error = %err, "kafka consumer error");
     }
@@ -604,7 +611,7 @@ impl Worker {
         t.kafka_up.set(i64::from(connected));
         mirror(
             &t.kafka_errors,
-            consumer.context().errors.load(Ordering::Relaxed),
+            consumer.context().errors.load(Ordering::Relaxed) + self.counters.consumer_errors,
         );
         mirror(&t.warmup_events, self.counters.warmup);
         mirror(&t.commits.with_label_values(&["ok"]), self.counters.commits);

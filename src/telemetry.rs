@@ -229,7 +229,7 @@ impl Telemetry {
             kafka_errors: counter(
                 r,
                 "pipewatch_kafka_errors_total",
-                "Errors reported by the Kafka client (broker down, refused, authentication)",
+                "Errors reported by the Kafka client: connections (broker down, refused, authentication) and failed fetches",
             ),
             processing_latency,
             kafka_alerts_sent: counter(
