@@ -14,7 +14,6 @@
 //! dropped. In live mode an idle consumer lets the wall clock move the watermark (see
 //! [`Engine::advance_clock`]), so silence is found even when every stream stops.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +24,8 @@ use crate::alert::{
     Alert, AlertFactory, AlertFacts, AlertStatus, Observation, Rules, Severity, Track,
 };
 use crate::config::{Settings, SilenceSettings};
-use crate::decode::{decode, DecodeLimits, Event, Reason, Rejection, Upstream};
+use crate::decode::{decode_hinting, DecodeLimits, Event, Reason, Rejection, Upstream};
+use crate::dedup::RecentIds;
 use crate::detect::silence::GapTracker;
 use crate::detect::{Judgement, PolicyBook};
 use crate::flow::{Answer, FlowLink, FlowTracker, SharedFlow, Sightings, StageKey};
@@ -206,53 +206,15 @@ impl Stage {
     }
 }
 
-/// Event ids seen recently: a bounded FIFO of 64-bit hashes.
-struct RecentIds {
-    order: VecDeque<u64>,
-    set: hashbrown::HashSet<u64>,
-    capacity: usize,
+/// The hash that finds a stage in the engine's index.
+fn stage_hash(hasher: &impl BuildHasher, pipeline: &str, stage: &str) -> u64 {
+    hasher.hash_one((pipeline, stage))
 }
 
-impl RecentIds {
-    fn new(capacity: usize) -> RecentIds {
-        // Sized for a quiet partition and grown on demand: `pipewatch run` keeps an engine
-        // per partition, and most see far fewer than `dedup_capacity` recent ids.
-        RecentIds {
-            order: VecDeque::with_capacity(capacity.min(1 << 10)),
-            set: hashbrown::HashSet::with_capacity(capacity.min(1 << 10)),
-            capacity,
-        }
-    }
-
-    fn hash(&self, stage_hash: u64, id: &str) -> u64 {
-        self.set.hasher().hash_one((stage_hash, id))
-    }
-
-    /// Claims id hash `h` for an event: false when it is among the recent ids (the event
-    /// is a duplicate). One probe of the set serves both the check and the insertion; the
-    /// claim is then confirmed once the event is applied, or withdrawn if it is not.
-    fn claim(&mut self, h: u64) -> bool {
-        self.capacity == 0 || self.set.insert(h)
-    }
-
-    fn withdraw(&mut self, h: u64) {
-        if self.capacity > 0 {
-            self.set.remove(&h);
-        }
-    }
-
-    /// Records a claimed id as the newest, forgetting the oldest beyond the capacity.
-    fn confirm(&mut self, h: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        self.order.push_back(h);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-    }
+/// The hash the duplicate filter remembers an event by, if it has an id: ids are unique
+/// within a stage.
+fn id_hash(hasher: &impl BuildHasher, stage_hash: u64, event: &Event) -> Option<u64> {
+    (event.event_id.as_ref()).map(|id| hasher.hash_one((stage_hash, id)))
 }
 
 /// How many more stages this process may track: `stages.max_tracked` is a bound on the
@@ -423,7 +385,17 @@ impl Engine {
     /// `now_ms` is the wall clock, for refusing timestamps from the future.
     pub fn ingest(&mut self, bytes: &[u8], now_ms: i64, out: &mut Outputs) -> Outcome {
         let limits = DecodeLimits::new(self.max_event_bytes, now_ms, self.max_future_skew_ms);
-        match decode(bytes, &limits) {
+        let (hasher, recent_ids) = (&self.hasher, &self.recent_ids);
+        let identified = |event: &Event| {
+            if let Some(h) = id_hash(
+                hasher,
+                stage_hash(hasher, &event.pipeline, &event.stage),
+                event,
+            ) {
+                recent_ids.prefetch(h);
+            }
+        };
+        match decode_hinting(bytes, &limits, identified) {
             Ok(ref event) => self.apply(event, out),
             Err(rejection) => {
                 self.stats.invalid[rejection.reason.index()] += 1;
@@ -444,11 +416,8 @@ impl Engine {
             self.stats.late += 1;
             return Outcome::Late;
         }
-        let stage_hash = self.hasher.hash_one((&*event.pipeline, &*event.stage));
-        let id_hash = event
-            .event_id
-            .as_ref()
-            .map(|id| self.recent_ids.hash(stage_hash, id));
+        let stage_hash = stage_hash(&self.hasher, &event.pipeline, &event.stage);
+        let id_hash = id_hash(&self.hasher, stage_hash, event);
         if id_hash.is_some_and(|h| !self.recent_ids.claim(h)) {
             self.stats.duplicate += 1;
             return Outcome::Duplicate;
@@ -598,7 +567,7 @@ impl Engine {
         let (stages, hasher) = (&self.stages, &self.hasher);
         self.index.insert_unique(hash, i as u32, |&j| {
             let s = &stages[j as usize].judged;
-            hasher.hash_one((&*s.pipeline, &*s.stage))
+            stage_hash(hasher, &s.pipeline, &s.stage)
         });
         self.stats.stages_created += 1;
         Some(i)
@@ -736,14 +705,14 @@ impl Engine {
     /// alerts of a series that disappears, so no subscriber keeps a ghost alert.
     fn evict(&mut self, i: usize, end_ms: i64, out: &mut Outputs) {
         let mut stage = self.stages.swap_remove(i);
-        let hash = (self.hasher).hash_one((&*stage.judged.pipeline, &*stage.judged.stage));
+        let hash = stage_hash(&self.hasher, &stage.judged.pipeline, &stage.judged.stage);
         if let Ok(entry) = self.index.find_entry(hash, |&j| j as usize == i) {
             entry.remove();
         }
         if let Some(moved) = self.stages.get(i) {
             let old = self.stages.len() as u32;
             let moved = &moved.judged;
-            let moved_hash = self.hasher.hash_one((&*moved.pipeline, &*moved.stage));
+            let moved_hash = stage_hash(&self.hasher, &moved.pipeline, &moved.stage);
             if let Some(slot) = self.index.find_mut(moved_hash, |&j| j == old) {
                 *slot = i as u32;
             }
@@ -847,59 +816,5 @@ impl Closer<'_> {
         });
         self.scorer.counts.count(&notice);
         out.alerts.push(alert);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
-
-    use rand::{Rng, SeedableRng};
-
-    use super::RecentIds;
-
-    /// The filter answers as a plain FIFO of the last `capacity` confirmed ids would, with
-    /// claims withdrawn now and then.
-    #[test]
-    fn recent_ids_remember_exactly_the_last_capacity_confirmed() {
-        for capacity in [1, 7, 50, 1_000] {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(capacity as u64);
-            let mut ids = RecentIds::new(capacity);
-            let mut fifo: VecDeque<u64> = VecDeque::new();
-            let (mut duplicates, mut withdrawn) = (0, 0);
-            for _ in 0..100 * capacity.max(100) {
-                // Ids from a range three times the capacity: some come back while
-                // remembered, most after they were forgotten.
-                let h = rng.gen_range(0..(capacity as u64 * 3 + 8));
-                let expected = !fifo.contains(&h);
-                assert_eq!(ids.claim(h), expected, "capacity {capacity}, id {h}");
-                if !expected {
-                    duplicates += 1;
-                    continue;
-                }
-                if rng.gen_ratio(1, 10) {
-                    ids.withdraw(h);
-                    withdrawn += 1;
-                    continue;
-                }
-                ids.confirm(h);
-                fifo.push_back(h);
-                if fifo.len() > capacity {
-                    fifo.pop_front();
-                }
-            }
-            assert!(duplicates > 0 && withdrawn > 0);
-            // Bounded: the set holds what is remembered.
-            assert!(ids.set.len() <= capacity, "{}", ids.set.len());
-        }
-    }
-
-    #[test]
-    fn a_zero_capacity_remembers_nothing() {
-        let mut ids = RecentIds::new(0);
-        for _ in 0..3 {
-            assert!(ids.claim(42));
-            ids.confirm(42);
-        }
     }
 }

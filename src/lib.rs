@@ -4,12 +4,13 @@
 //! The modules follow the data:
 //!
 //! ```text
-//! source ─▶ decode ─▶ window ─▶ detect ─▶ alert ─▶ sink
-//!                 └──────── engine (drives them, in event time) ────────┘
+//! source ─▶ decode ─▶ dedup ─▶ window ─▶ detect ─▶ alert ─▶ sink
+//!                 └─── engine (drives them, in event time) ────┘
 //! ```
 //!
 //! * [`source`] reads raw messages (Kafka for `run`, NDJSON for replay);
 //! * [`decode`] validates untrusted bytes into an [`decode::Event`] or a precise rejection;
+//! * [`dedup`] drops an event whose id the engine has seen recently;
 //! * [`window`] accumulates per-stage event-time buckets and keeps their history;
 //! * [`detect`] scores each closed bucket (EWMA, rolling z-score, silence);
 //! * [`alert`] turns anomalies into firing/resolved notifications without duplicates;
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod decode;
+pub mod dedup;
 pub mod detect;
 pub mod engine;
 pub mod flow;

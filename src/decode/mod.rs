@@ -282,7 +282,22 @@ impl DecodeLimits {
 
 /// Decodes and validates one message.
 pub fn decode<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Event<'a>, Rejection> {
-    decode_with(bytes, limits, scan::read)
+    decode_hinting(bytes, limits, |_| {})
+}
+
+/// [`decode`], calling `identified` as soon as the event's pipeline, stage and event id
+/// are read, when they come first as usual: before most of the message is decoded. The
+/// engine uses the moment to start fetching its duplicate filter's slot for the event,
+/// which is then in the cache when the event is applied. A hint only: the event is not
+/// validated yet, and an event read another way is decoded without the call.
+pub fn decode_hinting<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+    identified: impl FnOnce(&Event<'a>),
+) -> Result<Event<'a>, Rejection> {
+    decode_with(bytes, limits, |bytes, event| {
+        scan::read(bytes, event, identified)
+    })
 }
 
 /// [`decode`] without the fast path: the reference it is tested against.
@@ -952,6 +967,31 @@ mod tests {
         assert_eq!(e.quality[0], (Cow::Borrowed("null_rate"), 0.002));
         assert_eq!(e.status, Status::Success);
         assert_eq!(e.upstream.names().collect::<Vec<_>>(), ["extract"]);
+    }
+
+    /// The hint comes with the identity the event decodes to, before the rest of the
+    /// event is read, and only when pipeline, stage and event id come first.
+    #[test]
+    fn the_identity_hint_comes_before_the_rest_of_the_event() {
+        let usual = r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"event_id":"e1","status":"failure","records_in":5}"#;
+        let mut hinted = None;
+        let event = decode_hinting(usual.as_bytes(), &limits(), |early| {
+            let id = early.event_id.as_deref().map(str::to_owned);
+            hinted = Some((early.pipeline.to_string(), early.stage.to_string(), id));
+            assert_eq!((early.status, early.records_in), (Status::Success, None));
+        })
+        .unwrap();
+        assert_eq!(hinted, Some(("p".into(), "s".into(), Some("e1".into()))));
+        assert_eq!((event.status, event.records_in), (Status::Failure, Some(5)));
+        for other in [
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000}"#,
+            r#"{"event_id":"e1","pipeline":"p","stage":"s","timestamp":1793491200000}"#,
+            r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"status":"failure","event_id":"e1"}"#,
+        ] {
+            let mut called = false;
+            decode_hinting(other.as_bytes(), &limits(), |_| called = true).unwrap();
+            assert!(!called, "{other}");
+        }
     }
 
     #[test]

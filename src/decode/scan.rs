@@ -29,7 +29,7 @@ pub fn event(text: &str) -> Option<Event<'_>> {
 /// the whole-message UTF-8 check (and its precise rejection).
 pub fn from_bytes(bytes: &[u8]) -> Option<Event<'_>> {
     let mut event = empty_event();
-    read(bytes, &mut event).map(|()| event)
+    read(bytes, &mut event, |_| {}).map(|()| event)
 }
 
 /// An event with only the defaults, for [`read`] to fill.
@@ -55,7 +55,15 @@ pub(crate) fn empty_event<'a>() -> Event<'a> {
 /// [`from_bytes`] into `event`, an [`empty_event`]: written where it stands rather than
 /// returned, an event (256 bytes) is not copied on its way out of the scanner and the
 /// decoder. When it declines, `event` is left partly written.
-pub(crate) fn read<'a>(bytes: &'a [u8], event: &mut Event<'a>) -> Option<()> {
+///
+/// `identified` is called with the event as it stands once its pipeline, stage and event
+/// id are read in their usual places, before most of its other fields (see
+/// [`super::decode_hinting`]).
+pub(crate) fn read<'a>(
+    bytes: &'a [u8],
+    event: &mut Event<'a>,
+    identified: impl FnOnce(&Event<'a>),
+) -> Option<()> {
     let mut s = Scanner { bytes, pos: 0 };
     s.expect(b'{')?;
     let mut m = Members {
@@ -71,6 +79,10 @@ pub(crate) fn read<'a>(bytes: &'a [u8], event: &mut Event<'a>) -> Option<()> {
     s.member::<STAGE>(event, &mut m)?;
     s.member::<TIMESTAMP>(event, &mut m)?;
     s.member::<EVENT_ID>(event, &mut m)?;
+    let identity = 1 << PIPELINE | 1 << STAGE | 1 << EVENT_ID;
+    if m.seen & identity == identity {
+        identified(event);
+    }
     s.member::<CORRELATION_ID>(event, &mut m)?;
     s.member::<STATUS>(event, &mut m)?;
     s.member::<RECORDS_IN>(event, &mut m)?;
