@@ -34,6 +34,7 @@ pub mod flow;
 pub mod kafka;
 pub mod live;
 pub mod metric;
+mod probe_table;
 pub mod replay;
 pub mod run;
 pub mod score;

@@ -40,7 +40,7 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 use serde::Serialize;
 
 use crate::alert::{Alert, AlertFactory, AlertFacts, Notice, Observation, Rules, Severity, Track};
@@ -49,6 +49,7 @@ use crate::decode::{Event, Status};
 use crate::detect::{Judgement, PolicyBook};
 use crate::engine::Outputs;
 use crate::metric::AlertKind;
+use crate::probe_table::{prefetch, ProbeTable};
 use crate::score::{AlertCounts, ScoreRows, ScoredBucket};
 use crate::time::serialize_ms;
 
@@ -271,6 +272,20 @@ struct RunRef {
     slot: u32,
 }
 
+/// A run's entry in [`FlowTracker::by_correlation`]: the low half of its correlation id's
+/// hash (its place in the table) above its slot plus one (so that no entry is 0).
+fn run_entry(hash: u64, slot: u32) -> u64 {
+    run_place(hash) << 32 | (u64::from(slot) + 1)
+}
+
+fn run_place(hash: u64) -> u64 {
+    hash & u64::from(u32::MAX)
+}
+
+fn run_slot(entry: u64) -> u32 {
+    (entry as u32).wrapping_sub(1)
+}
+
 /// Where one source of events (an engine) is in event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SourceClock {
@@ -399,8 +414,8 @@ pub struct FlowTracker {
     runs: Vec<Run>,
     free: Vec<u32>,
     live_runs: usize,
-    /// Slots of the live runs, by the hash of their correlation id.
-    by_correlation: HashTable<u32>,
+    /// Slots of the live runs, by the hash of their correlation id ([`run_entry`]).
+    by_correlation: ProbeTable,
     /// Live runs, oldest first (and references to forgotten ones, skipped).
     order: VecDeque<RunRef>,
     next_serial: u64,
@@ -416,6 +431,7 @@ pub struct FlowTracker {
     scratch_edges: Vec<(u16, u16)>,
     scratch_walk: Vec<u16>,
     scratch_findings: Vec<(u16, Finding, i64)>,
+    scratch_hashes: Vec<u64>,
 }
 
 impl FlowTracker {
@@ -441,7 +457,7 @@ impl FlowTracker {
             runs: Vec::new(),
             free: Vec::new(),
             live_runs: 0,
-            by_correlation: HashTable::new(),
+            by_correlation: ProbeTable::new(0, 32),
             order: VecDeque::new(),
             next_serial: 1,
             checks: BinaryHeap::new(),
@@ -452,6 +468,7 @@ impl FlowTracker {
             scratch_edges: Vec::new(),
             scratch_walk: Vec::new(),
             scratch_findings: Vec::new(),
+            scratch_hashes: Vec::new(),
         }
     }
 
@@ -543,9 +560,18 @@ impl FlowTracker {
     /// empties `sightings`. What the runs show is judged once they settle, or at their
     /// checks ([`FlowTracker::advance`]).
     pub fn observe(&mut self, source: usize, sightings: &mut Sightings) {
+        let mut hashes = std::mem::take(&mut self.scratch_hashes);
+        hashes.clear();
+        let mut id_start = 0;
+        for sighting in &sightings.entries {
+            let correlation_id = &sightings.ids[id_start..sighting.id_end as usize];
+            id_start = sighting.id_end as usize;
+            hashes.push(self.hasher.hash_one(correlation_id));
+        }
         let mut declarations = sightings.declarations.drain(..).peekable();
         let mut id_start = 0;
         for (i, sighting) in sightings.entries.iter().enumerate() {
+            self.fetch_runs_ahead(&hashes, i);
             let Sighting { key, id_end, .. } = *sighting;
             let correlation_id = &sightings.ids[id_start..id_end as usize];
             id_start = id_end as usize;
@@ -567,9 +593,11 @@ impl FlowTracker {
                 reported: false,
                 loss_checked: false,
             };
-            let run = self.run_of(key.pipeline, correlation_id, visit.report.end_ms);
+            let hash = hashes[i];
+            let run = self.run_of(key.pipeline, correlation_id, hash, visit.report.end_ms);
             self.visit(source, run, visit);
         }
+        self.scratch_hashes = hashes;
         sightings.entries.clear();
         sightings.ids.clear();
         self.stats.stages_over_limit += std::mem::take(&mut sightings.refused);
@@ -581,14 +609,40 @@ impl FlowTracker {
             .filter(|r| r.serial == run.serial)
     }
 
-    /// The run of `correlation_id` in `pipeline`, started if new.
-    fn run_of(&mut self, pipeline: u32, correlation_id: &str, ts_ms: i64) -> RunRef {
-        let hash = self.hasher.hash_one(correlation_id);
+    /// Starts fetching what handling the sightings a few places after the `i`th will
+    /// read. Finding a sighting's run is a chain of cache misses (its place in the
+    /// table, the run's slot, then its id and its visits, far apart once four
+    /// partitions' runs interleave), each link known only once the one before has come.
+    /// So each link is fetched a couple of sightings ahead of the next: by the time
+    /// [`Self::observe`] reaches a sighting, its chain is in the cache.
+    fn fetch_runs_ahead(&self, hashes: &[u64], i: usize) {
+        let run_at = |ahead: usize| {
+            let hash = *hashes.get(i + ahead)?;
+            let entry = self.by_correlation.find(run_place(hash), |_| true)?;
+            self.runs.get(run_slot(entry) as usize)
+        };
+        if let Some(&hash) = hashes.get(i + 6) {
+            self.by_correlation.prefetch(run_place(hash));
+        }
+        if let Some(run) = run_at(4) {
+            let at: *const Run = run;
+            prefetch(at);
+            prefetch(at.wrapping_byte_add(64));
+        }
+        if let Some(run) = run_at(2) {
+            prefetch(run.correlation_id.as_ptr());
+            prefetch(run.visits.as_ptr());
+        }
+    }
+
+    /// The run of `correlation_id` (whose hash is `hash`) in `pipeline`, started if new.
+    fn run_of(&mut self, pipeline: u32, correlation_id: &str, hash: u64, ts_ms: i64) -> RunRef {
         let runs = &self.runs;
-        if let Some(&slot) = self.by_correlation.find(hash, |&slot| {
-            let r = &runs[slot as usize];
+        if let Some(entry) = self.by_correlation.find(run_place(hash), |entry| {
+            let r = &runs[run_slot(entry) as usize];
             r.pipeline == pipeline && r.correlation_id == correlation_id
         }) {
+            let slot = run_slot(entry);
             return RunRef {
                 serial: runs[slot as usize].serial,
                 slot,
@@ -617,9 +671,7 @@ impl FlowTracker {
         r.edges.clear();
         r.last_ms = ts_ms;
         r.check_ms = i64::MAX;
-        let runs = &self.runs;
-        self.by_correlation
-            .insert_unique(hash, slot, |&s| runs[s as usize].hash);
+        self.by_correlation.insert(run_entry(hash, slot));
         let run = RunRef { serial, slot };
         self.order.push_back(run);
         self.live_runs += 1;
@@ -643,9 +695,7 @@ impl FlowTracker {
             return false;
         }
         r.serial = 0;
-        if let Ok(entry) = self.by_correlation.find_entry(r.hash, |&s| s == run.slot) {
-            entry.remove();
-        }
+        (self.by_correlation).remove(run_place(r.hash), |entry| run_slot(entry) == run.slot);
         self.free.push(run.slot);
         self.live_runs -= 1;
         true
@@ -1218,8 +1268,8 @@ impl FlowTracker {
         let hash = self.hasher.hash_one(correlation_id);
         let mut traces: Vec<RunTrace<'_>> = self
             .by_correlation
-            .iter_hash(hash)
-            .map(|&slot| &self.runs[slot as usize])
+            .at(run_place(hash))
+            .map(|entry| &self.runs[run_slot(entry) as usize])
             .filter(|r| r.correlation_id == correlation_id)
             .map(|r| self.trace(r))
             .collect();
@@ -1354,7 +1404,7 @@ impl FlowTracker {
                     + r.edges.capacity() * std::mem::size_of::<(u16, u16)>()
             })
             .sum::<usize>()
-            + self.by_correlation.capacity() * (std::mem::size_of::<u32>() + 1)
+            + self.by_correlation.slots() * std::mem::size_of::<u64>()
             + self.order.capacity() * std::mem::size_of::<RunRef>()
             + self.checks.len() * std::mem::size_of::<Reverse<(i64, RunRef)>>()
     }
