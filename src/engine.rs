@@ -214,7 +214,10 @@ fn stage_hash(hasher: &impl BuildHasher, pipeline: &str, stage: &str) -> u64 {
 /// The hash the duplicate filter remembers an event by, if it has an id: ids are unique
 /// within a stage.
 fn id_hash(hasher: &impl BuildHasher, stage_hash: u64, event: &Event) -> Option<u64> {
-    (event.event_id.as_ref()).map(|id| hasher.hash_one((stage_hash, id)))
+    event
+        .event_id
+        .as_ref()
+        .map(|id| hasher.hash_one((stage_hash, id)))
 }
 
 /// How many more stages this process may track: `stages.max_tracked` is a bound on the
