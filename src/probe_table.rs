@@ -44,7 +44,7 @@ impl ProbeTable {
     }
 
     /// The place of `entry`: what a lookup of it passes as `place`.
-    pub(crate) fn place_of(&self, entry: u64) -> u64 {
+    fn place_of(&self, entry: u64) -> u64 {
         entry >> self.place_shift
     }
 
