@@ -4,7 +4,8 @@
 //! produces 1,000,000 simulated events to a 4-partition topic, then alternates three
 //! times: a raw `BaseConsumer` that only reads every message, and pipewatch's consume
 //! loop (decode, windows, detectors, alerts, commits), each in a new consumer group.
-//! Rates run from the first message to the last, so the group join is not counted.
+//! Rates run from the first message to the last, so the group join is not counted
+//! (pipewatch's from its first batch done, scaled to all the events).
 //! Target: pipewatch ≥ 0.8 × the raw rate (medians).
 //!
 //! Each round also runs pipewatch with data-flow tracking off (`flow.enabled = false`):
