@@ -251,7 +251,11 @@ fn raw(kafka: &KafkaSettings, broker: u32) -> Timed {
     let reader = std::thread::Builder::new()
         .name("raw".into())
         .spawn(move || {
+            // pipewatch's settings, but for the bound of the prefetch: pipewatch's applies
+            // to each partition's queue, and this consumer reads one queue for all of them,
+            // so it keeps librdkafka's default for that one queue.
             let consumer: BaseConsumer = pipewatch::source::kafka::consumer_config(&kafka)
+                .set("queued.max.messages.kbytes", "65536")
                 .create()
                 .expect("consumer");
             consumer.subscribe(&[TOPIC]).expect("subscribe");
@@ -307,6 +311,15 @@ fn pipewatch(settings: &Settings, broker: u32) -> Timed {
     };
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("consume thread");
+    if let Some(flow) = &live.flow {
+        // How much the tracker had to forget: runs still in progress, forgotten to make
+        // room, are what reading partitions far apart in event time costs.
+        let stats = flow.lock().stats().clone();
+        println!(
+            "  data-flow tracker: {} runs started, {} forgotten to make room (flow.max_runs), {} stuck runs",
+            stats.runs_started, stats.runs_evicted, stats.stuck_runs
+        );
+    }
     timed
 }
 

@@ -368,6 +368,11 @@ impl Engine {
         }
     }
 
+    /// The latest event time read (epoch ms), none before the first event.
+    pub fn watermark_ms(&self) -> Option<i64> {
+        self.watermark_ms
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -625,6 +625,87 @@ fn a_killed_instance_loses_nothing_when_restarted() {
     );
 }
 
+/// The backlog of two partitions over the same twelve hours, one with ten times the
+/// other's events: librdkafka fetches them by bytes, so the sparse one's twelve hours come
+/// with the busy one's first hour or so. Read in event time, no message is processed more
+/// than the read-ahead allowed (two hours) and a batch's span (512 of the sparse
+/// partition's events, 92 minutes) behind the latest event time processed before it;
+/// read in the order fetched, that lag is ten hours or more.
+#[test]
+fn a_backlog_is_read_in_event_time_across_partitions() {
+    const HOURS: i64 = 12;
+    // (partition, milliseconds between its events)
+    const PARTITIONS_READ: [(i32, i64); 2] = [(0, 1_080), (1, 10_800)];
+    let broker = Broker::start();
+    broker.create_topics();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = broker.kafka("pipewatch-event-time");
+    let start_ms = (chrono::Utc::now() - chrono::Duration::days(2)).timestamp_millis();
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        pipewatch::kafka::client_config(&kafka)
+            .set("linger.ms", "20")
+            .create()
+            .expect("producer");
+    let mut sent = 0u64;
+    for (partition, step_ms) in PARTITIONS_READ {
+        let stage = format!("stage-{partition}");
+        for ts in (start_ms..start_ms + HOURS * 3_600_000).step_by(step_ms as usize) {
+            let event = format!(
+                r#"{{"pipeline":"orders","stage":"{stage}","timestamp":{ts},"records_in":5,"records_out":5}}"#
+            );
+            let record = BaseRecord::to(EVENTS)
+                .partition(partition)
+                .key(&stage)
+                .payload(&event);
+            pipewatch::kafka::send_waiting(&producer, record).expect("queued");
+            sent += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+    // A new topic's offsets count from 0, one per event.
+    let event_time = |partition: i32, offset: i64| {
+        let (_, step_ms) = PARTITIONS_READ
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .expect("a partition written to");
+        start_ms + offset * step_ms
+    };
+
+    let log = dir.path().join("offsets.log");
+    let mut pipewatch = Pipewatch::start(
+        dir.path(),
+        "event-time",
+        &kafka,
+        &["--offsets-log", log.to_str().unwrap()],
+    );
+    wait_until("every event processed", Duration::from_secs(120), || {
+        processed_offsets(&log).len() as u64 >= sent
+    });
+    assert!(pipewatch.terminate(Duration::from_secs(15)).success());
+
+    let text = std::fs::read_to_string(&log).expect("offsets log");
+    let (mut latest_ms, mut furthest_behind_ms, mut lines) = (i64::MIN, 0, 0u64);
+    for line in text.lines() {
+        let [_, partition, offset] = line.split(' ').collect::<Vec<_>>()[..] else {
+            panic!("an offsets log line: {line:?}");
+        };
+        let ts = event_time(partition.parse().unwrap(), offset.parse().unwrap());
+        furthest_behind_ms = furthest_behind_ms.max(latest_ms.saturating_sub(ts));
+        latest_ms = latest_ms.max(ts);
+        lines += 1;
+    }
+    assert_eq!(lines, sent, "each event processed once");
+    println!(
+        "{sent} events: at most {} minutes behind the latest event time read",
+        furthest_behind_ms / 60_000
+    );
+    assert!(
+        furthest_behind_ms <= 4 * 3_600_000,
+        "read {} minutes behind the latest event time read before",
+        furthest_behind_ms / 60_000
+    );
+}
+
 #[test]
 fn two_instances_split_the_partitions_and_each_stage_alerts_from_one() {
     let broker = Broker::start();

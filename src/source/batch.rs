@@ -1,5 +1,25 @@
-//! The assigned partitions' messages, taken from librdkafka in batches.
+//! The assigned partitions' messages, each partition's in a queue of its own, taken from
+//! librdkafka in batches.
 //!
+//! # Why a queue per partition
+//! A backlog must be read in event time across partitions, as replay reads it: the
+//! data-flow tracker follows runs across stages that live in different partitions, and
+//! its clock is the slowest partition's. librdkafka fetches partitions by bytes, not by
+//! event time, so from one shared queue a partition with fewer events an hour runs hours
+//! ahead of a busier one. The tracker then keeps every run of those hours, runs out of
+//! room (`flow.max_runs`), forgets runs still in progress and finds them stuck when their
+//! next stage turns up. So each assigned partition keeps its messages in its own queue,
+//! and the consume loop takes its next batch from the partition furthest behind in event
+//! time that has messages waiting (as a Kafka Streams task picks the partition with the
+//! oldest record). A partition ahead is simply not read: its queue fills up to
+//! `queued.max.messages.kbytes`, which then applies per partition, and librdkafka stops
+//! fetching it until the others catch up. Nothing is paused, so nothing fetched is
+//! thrown away and fetched again. A partition behind whose queue runs dry while it has
+//! more to fetch holds the others up only briefly, and only once they are far ahead of it
+//! (`run`'s `Worker::await_catch_up`); live, or caught up, partitions are read as their
+//! messages come.
+//!
+//! # Why batches
 //! rust-rdkafka's `BaseConsumer::poll` hands over one message per call, and each call
 //! costs the consuming thread about 0.2 µs besides the message: four clock readings
 //! (librdkafka's poll-interval bookkeeping and timeout, and rust-rdkafka's), wrapping the
@@ -7,22 +27,23 @@
 //! per message that way, and 0.08–0.10 µs taking the same messages in batches; in
 //! `pipewatch run` the consuming thread's CPU per message went from 1.42–1.68 µs to
 //! 1.09–1.32 (`benches/kafka.rs`, 2026-12-07; README, Performance). librdkafka's
-//! `rd_kafka_consume_batch_queue` pays that once per batch;
-//! rust-rdkafka has no wrapper for it, so this is the one module where pipewatch calls
-//! librdkafka itself.
+//! `rd_kafka_consume_batch_queue` pays that once per batch; rust-rdkafka wraps neither it
+//! nor partition queues, so this is the one module where pipewatch calls librdkafka
+//! itself.
 //!
-//! How it fits the consumer group: when a partition is assigned, and before librdkafka
-//! starts fetching it, its fetch queue is forwarded to a [`MessageQueue`] (`run`'s
-//! rebalance callback calls [`Forwarder::forward`]). Its messages then never reach
-//! the consumer's own queue, which carries only events (rebalances, statistics, errors,
-//! commit answers), still served by `BaseConsumer::poll`. librdkafka ends the
-//! forwarding when it stops fetching a partition, and the messages that a revocation
-//! left behind in the queue belong to an older version of their partition: librdkafka
-//! discards them instead of returning them.
+//! # How it fits the consumer group
+//! When a partition is assigned, and before librdkafka starts fetching it, `run`'s
+//! rebalance callback opens its [`PartitionQueue`]: the partition's fetch queue stops
+//! being forwarded to the consumer's own queue, which then carries only events
+//! (rebalances, statistics, errors, commit answers), still served by
+//! `BaseConsumer::poll`. [`Arrivals`] wakes the loop when a partition's empty queue gets
+//! a message. On revocation the queue is closed with its partition's engine; messages a
+//! revocation leaves behind belong to an older version of their partition, and
+//! librdkafka discards them instead of returning them.
 
-use std::ffi::{c_int, CStr, CString};
+use std::ffi::{c_void, CStr, CString};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
@@ -56,54 +77,109 @@ impl<'a> Delivered<'a> {
     }
 }
 
-/// A queue of the consumer's that assigned partitions forward their messages to.
+/// Wakes the consume loop when a message reaches a partition queue that was empty.
 ///
-/// It belongs to the consumer's librdkafka handle and must be dropped before the
-/// consumer is. (Forwarding keeps librdkafka's queue alive until the partitions stop
-/// fetching, so dropping it while they fetch is safe: what they deliver then is
-/// discarded.)
-pub struct MessageQueue {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    shared: Arc<Mutex<Option<Target>>>,
+/// A count of those arrivals: the loop reads it before looking at the queues and, if
+/// they were all empty, waits for it to move. An arrival between the two is then not
+/// missed, for librdkafka calls back on every queue that goes from empty to not.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    count: Mutex<u64>,
+    changed: Condvar,
 }
 
-/// What [`Forwarder`]s forward to: the queue, and the consumer's handle to find
-/// partitions' queues by. Gone once the [`MessageQueue`] is dropped.
-#[derive(Clone, Copy)]
-struct Target {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    client: NonNull<rd::rd_kafka_t>,
-}
-
-// SAFETY: librdkafka's queues and client handles may be used from any thread.
-unsafe impl Send for MessageQueue {}
-unsafe impl Sync for MessageQueue {}
-unsafe impl Send for Target {}
-
-impl MessageQueue {
-    pub fn new<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> MessageQueue {
-        let client = NonNull::new(consumer.client().native_ptr())
-            .expect("a created consumer has a librdkafka handle");
-        // SAFETY: `client` is a live consumer handle; the queue is destroyed in `drop`.
-        let queue = unsafe { rd::rd_kafka_queue_new(client.as_ptr()) };
-        let queue = NonNull::new(queue).expect("librdkafka allocates queues or aborts");
-        MessageQueue {
-            queue,
-            shared: Arc::new(Mutex::new(Some(Target { queue, client }))),
-        }
+impl Arrivals {
+    /// Arrivals so far.
+    pub fn seen(&self) -> u64 {
+        *lock(&self.count)
     }
 
-    /// What the rebalance callback forwards newly assigned partitions with. It may
-    /// outlive the queue: it then forwards nothing.
-    pub fn forwarder(&self) -> Forwarder {
-        Forwarder(Arc::clone(&self.shared))
+    /// Waits until a message arrives after `seen` was read, or `timeout` passes.
+    pub fn wait_after(&self, seen: u64, timeout: Duration) {
+        let count = lock(&self.count);
+        // Timing out is an answer too: the loop has other work every `timeout`.
+        let _ = self
+            .changed
+            .wait_timeout_while(count, timeout, |count| *count == seen);
+    }
+
+    fn arrived(&self) {
+        *lock(&self.count) += 1;
+        self.changed.notify_one();
+    }
+}
+
+/// librdkafka's call, from its broker thread, when an empty partition queue gets a
+/// message. It holds the queue's lock meanwhile, and a [`PartitionQueue`] turns the call
+/// off (taking that lock) before it lets go of its [`Arrivals`].
+unsafe extern "C" fn on_arrival(_client: *mut rd::rd_kafka_t, arrivals: *mut c_void) {
+    // SAFETY: the pointer a `PartitionQueue` registered, to the `Arrivals` it keeps alive
+    // until it turns this call off.
+    let arrivals = unsafe { &*arrivals.cast_const().cast::<Arrivals>() };
+    arrivals.arrived();
+}
+
+/// One assigned partition's messages, kept apart from the consumer's queue and from the
+/// other partitions' (see the module's documentation).
+///
+/// It holds a reference to the consumer's librdkafka handle and must be dropped before
+/// the consumer is.
+pub struct PartitionQueue {
+    queue: NonNull<rd::rd_kafka_queue_t>,
+    /// Registered with librdkafka, so kept alive as long as the queue is.
+    _arrivals: Arc<Arrivals>,
+}
+
+// SAFETY: librdkafka's queues may be used from any thread.
+unsafe impl Send for PartitionQueue {}
+
+impl PartitionQueue {
+    /// Keeps the messages of `topic`'s `partition` in a queue of their own from now on,
+    /// and has `arrivals` told when they come. `None` if librdkafka has no such
+    /// partition: its messages then reach the consumer's own queue, and
+    /// `BaseConsumer::poll`. Opened before the partition is assigned, so that none of its
+    /// messages is fetched into the consumer's queue before.
+    pub fn open<C: ConsumerContext>(
+        consumer: &BaseConsumer<C>,
+        topic: &str,
+        partition: i32,
+        arrivals: &Arc<Arrivals>,
+    ) -> Option<PartitionQueue> {
+        let topic = CString::new(topic).ok()?;
+        let client = consumer.client().native_ptr();
+        // SAFETY: `client` is a live consumer handle; the queue reference returned is
+        // ours, released in `drop`.
+        let queue = unsafe { rd::rd_kafka_queue_get_partition(client, topic.as_ptr(), partition) };
+        let queue = NonNull::new(queue)?;
+        let arrivals = Arc::clone(arrivals);
+        // SAFETY: forwarding to nothing keeps the partition's messages in its queue
+        // (librdkafka then leaves the forwarding to the application, and does not forward
+        // it to the consumer's queue when it starts fetching). The callback's pointer
+        // stays valid while `arrivals` is held, that is until `drop` turns it off.
+        unsafe {
+            rd::rd_kafka_queue_forward(queue.as_ptr(), std::ptr::null_mut());
+            rd::rd_kafka_queue_cb_event_enable(
+                queue.as_ptr(),
+                Some(on_arrival),
+                Arc::as_ptr(&arrivals).cast_mut().cast(),
+            );
+        }
+        Some(PartitionQueue {
+            queue,
+            _arrivals: arrivals,
+        })
+    }
+
+    /// Whether messages (or errors in their place) are waiting.
+    pub fn is_empty(&self) -> bool {
+        // SAFETY: a live queue handle.
+        unsafe { rd::rd_kafka_queue_length(self.queue.as_ptr()) == 0 }
     }
 
     /// Empties `batch`, then fills it with the messages waiting, up to its capacity,
-    /// waiting up to `timeout` for the first one.
-    pub fn take(&self, batch: &mut Batch, timeout: Duration) {
+    /// without waiting for any.
+    pub fn take(&self, batch: &mut Batch) {
         batch.clear();
-        let timeout_ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
         let room = batch.slots.capacity();
         // SAFETY: the emptied `slots` has room for `room` pointers (a `NonNull` is laid out
         // as a pointer), which librdkafka fills with messages the batch owns until
@@ -111,7 +187,7 @@ impl MessageQueue {
         let taken = unsafe {
             rd::rd_kafka_consume_batch_queue(
                 self.queue.as_ptr(),
-                timeout_ms,
+                0,
                 batch.slots.as_mut_ptr().cast(),
                 room,
             )
@@ -123,56 +199,26 @@ impl MessageQueue {
     }
 }
 
-impl Drop for MessageQueue {
+impl Drop for PartitionQueue {
     fn drop(&mut self) {
-        lock(&self.shared).take();
-        // SAFETY: created in `new`, destroyed once, after forwarders stopped using it;
-        // the consumer is still alive (see the type's documentation).
-        unsafe { rd::rd_kafka_queue_destroy(self.queue.as_ptr()) };
+        // SAFETY: a live queue handle, released once. Turning the callback off takes the
+        // queue's lock, which librdkafka holds while calling it: once this returns, no
+        // call is running or will run, and `arrivals` may go.
+        unsafe {
+            rd::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, std::ptr::null_mut());
+            rd::rd_kafka_queue_destroy(self.queue.as_ptr());
+        }
     }
 }
 
-fn lock(target: &Mutex<Option<Target>>) -> MutexGuard<'_, Option<Target>> {
-    // Replaced whole, never left half-written.
-    target
+fn lock<T>(value: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A counter, never left half-written.
+    value
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Forwards partitions to a [`MessageQueue`] while it exists.
-#[derive(Clone)]
-pub struct Forwarder(Arc<Mutex<Option<Target>>>);
-
-impl Forwarder {
-    /// Sends the messages of `topic`'s `partition` to the queue from now on; false if
-    /// the queue is gone or librdkafka has no such partition (its messages then reach
-    /// the consumer's own queue, and `BaseConsumer::poll`). Called before the partition
-    /// is assigned, so that none of its messages is fetched before.
-    pub fn forward(&self, topic: &str, partition: i32) -> bool {
-        let Ok(topic) = CString::new(topic) else {
-            return false;
-        };
-        // Held while forwarding, so that the queue cannot go meanwhile.
-        let target = lock(&self.0);
-        let Some(Target { queue, client }) = *target else {
-            return false;
-        };
-        // SAFETY: the queue exists while the lock holds it, and so does the consumer
-        // (see `MessageQueue`). The partition's queue handle is ours, released at once:
-        // the forwarding keeps what it needs.
-        unsafe {
-            let from = rd::rd_kafka_queue_get_partition(client.as_ptr(), topic.as_ptr(), partition);
-            if from.is_null() {
-                return false;
-            }
-            rd::rd_kafka_queue_forward(from, queue.as_ptr());
-            rd::rd_kafka_queue_destroy(from);
-        }
-        true
-    }
-}
-
-/// Messages taken by [`MessageQueue::take`], owned until the next take (or the drop).
+/// Messages taken by [`PartitionQueue::take`], owned until the next take (or the drop).
 pub struct Batch {
     /// Its capacity is how many a take may bring.
     slots: Vec<NonNull<rd::rd_kafka_message_t>>,

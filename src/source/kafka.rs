@@ -31,14 +31,20 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // Topics matching a `^regex` subscription are found at the next metadata refresh;
         // librdkafka's 5 minutes would leave a new topic unwatched for that long.
         ("topic.metadata.refresh.interval.ms", "30000"),
-        // librdkafka stops fetching a partition while the consumer's queue holds
-        // `queued.min.messages` (100,000; with one queue for all partitions, that counts
-        // them all), then waits this long before it looks again. With the default of a
-        // second, a loop slower than the fetcher drained the queue and sat idle for the
-        // rest of that second: on a backlog pipewatch waited for messages about half the
-        // time and read 137,000 events/s instead of 206,000 (benches/kafka.rs). Looking
-        // again after 10 ms keeps the queue full and costs the fetcher nothing measurable.
+        // librdkafka stops fetching a partition while its queue holds
+        // `queued.min.messages` or `queued.max.messages.kbytes`, then waits this long
+        // before it looks again. With the default of a second, a loop slower than the
+        // fetcher drained the queue and sat idle for the rest of that second: on a backlog
+        // pipewatch waited for messages about half the time and read 137,000 events/s
+        // instead of 206,000 (benches/kafka.rs). Looking again after 10 ms keeps the
+        // queue full and costs the fetcher nothing measurable.
         ("fetch.queue.backoff.ms", "10"),
+        // Each partition has a queue of its own (`source::batch`), so this bounds each
+        // one, not all together as librdkafka's default of 64 MB does for one shared
+        // queue. A partition ahead in event time waits there, full, while the others
+        // catch up; 8 MB is eight of the broker's 1 MB fetches, enough that the partition
+        // furthest behind never runs dry while its next fetch is on its way.
+        ("queued.max.messages.kbytes", "8192"),
     ];
     for (name, value) in defaults {
         if !kafka.properties.contains_key(name) {
