@@ -19,6 +19,11 @@
 //! (`run`'s `Worker::await_catch_up`); live, or caught up, partitions are read as their
 //! messages come.
 //!
+//! It costs throughput on a backlog: in `benches/kafka.rs` the loop waits for messages a
+//! fifth to a third of the time, where reading one shared queue it never did, seemingly
+//! because the partitions ahead, their queues full, drop out of librdkafka's fetches
+//! (README, Performance, "Partitions read in event time").
+//!
 //! # Why batches
 //! rust-rdkafka's `BaseConsumer::poll` hands over one message per call, and each call
 //! costs the consuming thread about 0.2 µs besides the message: four clock readings
