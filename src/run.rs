@@ -647,15 +647,16 @@ impl Worker {
         if connected {
             for i in 0..self.tasks.len() {
                 let task = &mut self.tasks[i];
-                let (caught_up, behind_end) = match (
+                // Whether messages remain before the partition's end; none if unknown.
+                let remaining = match (
                     task.next_offset,
                     brokers.high_watermark(&task.owner.topic, task.owner.partition),
                 ) {
-                    (Some(next), Some(high)) => (next >= high, next < high),
-                    _ => (false, false),
+                    (Some(next), Some(high)) => Some(next < high),
+                    _ => None,
                 };
-                task.behind_end = behind_end;
-                if caught_up
+                task.behind_end = remaining == Some(true);
+                if remaining == Some(false)
                     && task.warm_until.is_none()
                     && now_ms - task.last_message_ms >= QUIET_MS
                 {
@@ -1220,8 +1221,9 @@ pub fn consume(
         // Read before the queues are looked at, so that a message arriving after the
         // look still ends the wait below.
         let seen = arrivals.seen();
-        let mut worker = context.worker();
-        if worker.take_next(&mut batch) {
+        let taken = {
+            let mut worker = context.worker();
+            let taken = worker.take_next(&mut batch);
             for message in batch.iter() {
                 match message {
                     Ok(message) => {
@@ -1238,10 +1240,12 @@ pub fn consume(
                     }
                 }
             }
-            worker.show_progress();
-            drop(worker);
-        } else {
-            drop(worker);
+            if taken {
+                worker.show_progress();
+            }
+            taken
+        };
+        if !taken {
             until_clock = 0;
             // Waiting for messages only when the consumer's own queue had none either:
             // one that brings them one by one is read at full speed too.
