@@ -45,6 +45,17 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // catch up; 8 MB is eight of the broker's 1 MB fetches, enough that the partition
         // furthest behind never runs dry while its next fetch is on its way.
         ("queued.max.messages.kbytes", "8192"),
+        // A fetch leaves out every partition whose queue is full. When all it carries
+        // are partitions at their end, the broker holds it until data comes or this long
+        // passes, and librdkafka sends that broker no other fetch meanwhile: a partition
+        // with a backlog, left out because its queue was full a moment ago, drains and
+        // then waits for the held fetch. Reading a backlog beside caught-up partitions,
+        // that is every time the backlog's queues are full as a fetch leaves. With
+        // librdkafka's 500 ms, the `kafka` bench stalled 400–500 ms as its last
+        // partitions with messages drained past the others' ends (Tansu's fetches
+        // otherwise took 10–20 ms); at 100 ms the stall is a fifth as long, and a
+        // caught-up consumer asks each broker for news ten times a second, not twice.
+        ("fetch.wait.max.ms", "100"),
     ];
     for (name, value) in defaults {
         if !kafka.properties.contains_key(name) {
@@ -129,5 +140,6 @@ mod tests {
         assert_eq!(config.get("auto.offset.reset"), Some("latest"));
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
         assert_eq!(config.get("group.id"), Some("pipewatch"));
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("100"));
     }
 }
