@@ -159,11 +159,11 @@ struct PartitionTask {
     /// Where its messages wait (see [`crate::source::batch`]); none for a partition whose
     /// queue librdkafka could not give, and once the consume loop ends.
     queue: Option<PartitionQueue>,
-    /// Messages may remain to fetch: the latest statistics put the partition's end past
-    /// its next offset, or none has told where its end is yet (a run's first second,
-    /// when the loop reads the most: taking "unknown" for "at its end" let partitions
-    /// drift apart there).
-    behind_end: bool,
+    /// Not known to be at its end: behind it in the statistics of the last tick while
+    /// connected, not read yet, or no statistics have told its end yet. The last case is
+    /// a run's first second, when the loop reads the most: taking "unknown" for "at its
+    /// end" there let partitions drift apart.
+    more_to_fetch: bool,
     /// Since when the consume loop has waited for this partition's next messages, while
     /// it is behind the others (see [`Worker::await_catch_up`]).
     awaited_since: Option<Instant>,
@@ -440,7 +440,7 @@ impl Worker {
             warm_until: None,
             last_message_ms: self.clock.now_ms(),
             queue: None,
-            behind_end: true,
+            more_to_fetch: true,
             awaited_since: None,
         }
     }
@@ -555,11 +555,12 @@ impl Worker {
 
     /// Whether to wait for a partition further behind, rather than read one at
     /// `watermark_ms`: one more than `READ_AHEAD_MS` behind it, with nothing waiting, and
-    /// more to fetch (behind its end, or its end not known yet), waited for less than
+    /// more to fetch (not known to be at its end), waited for less than
     /// `CATCH_UP_WAIT` since its queue ran dry. On a backlog, the partition furthest behind
     /// runs dry whenever its fetches fall behind the loop, and reading on regardless let
-    /// partitions drift hours apart again (`benches/kafka.rs`). A partition at its end is
-    /// never waited for, and one whose fetches fail holds the others up only that long.
+    /// partitions drift hours apart again (`benches/kafka.rs`). A partition known to be at
+    /// its end is never waited for, and one whose fetches fail holds the others up only
+    /// that long.
     fn await_catch_up(&mut self, watermark_ms: Option<i64>) -> bool {
         let Some(read_at_ms) = watermark_ms else {
             return false;
@@ -568,7 +569,7 @@ impl Worker {
         let mut wait = false;
         for task in &mut self.tasks {
             let behind = task.queue.as_ref().is_some_and(PartitionQueue::is_empty)
-                && task.behind_end
+                && task.more_to_fetch
                 && task.engine.watermark_ms().unwrap_or(i64::MIN) < read_at_ms - READ_AHEAD_MS;
             if behind {
                 let since = *task.awaited_since.get_or_insert(now);
@@ -657,7 +658,7 @@ impl Worker {
                     (Some(next), Some(high)) => Some(next < high),
                     _ => None,
                 };
-                task.behind_end = remaining != Some(false);
+                task.more_to_fetch = remaining != Some(false);
                 if remaining == Some(false)
                     && task.warm_until.is_none()
                     && now_ms - task.last_message_ms >= QUIET_MS

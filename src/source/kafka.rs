@@ -49,8 +49,8 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // are partitions at their end, the broker holds it until data comes or this long
         // passes, and librdkafka sends that broker no other fetch meanwhile: a partition
         // with a backlog, left out because its queue was full a moment ago, drains and
-        // then waits for the held fetch. Reading a backlog beside caught-up partitions,
-        // that is every time the backlog's queues are full as a fetch leaves. With
+        // then waits for the held fetch. That happens whenever a backlog is read beside
+        // caught-up partitions and the backlog's queues are full as a fetch leaves. With
         // librdkafka's 500 ms, the `kafka` bench stalled 400–500 ms as its last
         // partitions with messages drained past the others' ends (Tansu's fetches
         // otherwise took 10–20 ms); at 100 ms the stall is a fifth as long, and a
