@@ -291,6 +291,30 @@ fn duplicate_deliveries_are_counted_once() {
     assert_eq!(run.value("s", "records", T0), Some(5.0));
 }
 
+/// The same delivery is the same stage and the same id whichever decoder reads it: the
+/// fast path, the serde path for an escape (into a copy of the text), or the serde path
+/// after the fast path has read the identity and hinted the duplicate filter with it (a
+/// field only the serde path reads comes after).
+#[test]
+fn duplicates_are_found_whichever_decoder_reads_them() {
+    let settings = Settings::defaults();
+    let mut run = Run::new(&settings);
+    let plain = r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"event_id":"e-1","records_out":5}"#;
+    let escaped_id = r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"event_id":"e\u002d1","records_out":5}"#;
+    let escaped_stage = r#"{"pipeline":"p","stage":"\u0073","timestamp":1793491200000,"event_id":"e-1","records_out":5}"#;
+    let nested_after = r#"{"pipeline":"p","stage":"s","timestamp":1793491200000,"event_id":"e-1","records_out":5,"extra":{"a":[1,{"b":2}]}}"#;
+    assert_eq!(run.feed(plain), Outcome::Applied);
+    for again in [escaped_id, escaped_stage, nested_after] {
+        assert_eq!(run.feed(again), Outcome::Duplicate, "{again}");
+    }
+    let fresh = r#"{"pipeline":"p","stage":"\u0073","timestamp":1793491200000,"event_id":"e-2","records_out":7,"extra":{}}"#;
+    assert_eq!(run.feed(fresh), Outcome::Applied);
+    assert_eq!(run.engine.tracked_stages(), 1);
+    run.feed(&event("other", T0 + 2 * MIN, 1)); // closes bucket 0
+    run.finish();
+    assert_eq!(run.value("s", "records", T0), Some(12.0));
+}
+
 #[test]
 fn invalid_messages_are_counted_by_reason_and_never_applied() {
     let settings = Settings::defaults();

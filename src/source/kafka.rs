@@ -42,8 +42,11 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // Each partition has a queue of its own (`source::batch`), so this bounds each
         // one, not all together as librdkafka's default of 64 MB does for one shared
         // queue. A partition ahead in event time waits there, full, while the others
-        // catch up; 8 MB is eight of the broker's 1 MB fetches, enough that the partition
-        // furthest behind never runs dry while its next fetch is on its way.
+        // catch up. 8 MB is eight of Apache Kafka's fetches at `max.partition.fetch.bytes`
+        // (1 MB), enough that the partition furthest behind does not run dry while its
+        // next fetch is on its way. Tansu answers past that limit (about 5.8 MB per
+        // partition in `benches/kafka.rs`), so against it the queue holds under two
+        // fetches; 16 MB measured no better there (README, Performance).
         ("queued.max.messages.kbytes", "8192"),
         // A fetch leaves out every partition whose queue is full. When all it carries
         // are partitions at their end, the broker holds it until data comes or this long
